@@ -1,0 +1,71 @@
+"""The one place where metric keys, evaluation-case names and scorer names live.
+
+Everything that logs, caches or writes a score imports its key from here, so that a key cannot drift
+(`image_rephrase_acc` in one file, `rephrase_image_acc` in another).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Anchor metrics (METHOD.md §1), reported ×100.
+RELIABILITY: Final = "reliability"
+T_GENERALITY: Final = "t_generality"
+M_GENERALITY: Final = "m_generality"
+T_LOCALITY: Final = "t_locality"
+M_LOCALITY: Final = "m_locality"
+
+# Generation accuracy (greedy decoding, normalised string match) for the three target-scored cases.
+RELIABILITY_GEN: Final = "reliability_gen"
+T_GENERALITY_GEN: Final = "t_generality_gen"
+M_GENERALITY_GEN: Final = "m_generality_gen"
+
+TARGET_METRICS: Final = (RELIABILITY, T_GENERALITY, M_GENERALITY)
+LOCALITY_METRICS: Final = (T_LOCALITY, M_LOCALITY)
+GENERATION_METRICS: Final = (RELIABILITY_GEN, T_GENERALITY_GEN, M_GENERALITY_GEN)
+ALL_METRICS: Final = TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS
+
+DISPLAY_NAMES: Final[dict[str, str]] = {
+    RELIABILITY: "Rel",
+    T_GENERALITY: "T-Gen",
+    M_GENERALITY: "M-Gen",
+    T_LOCALITY: "T-Loc",
+    M_LOCALITY: "M-Loc",
+    RELIABILITY_GEN: "Rel (gen)",
+    T_GENERALITY_GEN: "T-Gen (gen)",
+    M_GENERALITY_GEN: "M-Gen (gen)",
+}
+
+# Evaluation cases: the five inputs built from one MMEdit record.
+EDIT: Final = "edit"
+REPHRASE: Final = "rephrase"
+IMAGE_REPHRASE: Final = "image_rephrase"
+TEXT_LOCALITY: Final = "text_locality"
+MULTIMODAL_LOCALITY: Final = "multimodal_locality"
+CASES: Final = (EDIT, REPHRASE, IMAGE_REPHRASE, TEXT_LOCALITY, MULTIMODAL_LOCALITY)
+
+CASE_METRIC: Final[dict[str, str]] = {
+    EDIT: RELIABILITY,
+    REPHRASE: T_GENERALITY,
+    IMAGE_REPHRASE: M_GENERALITY,
+    TEXT_LOCALITY: T_LOCALITY,
+    MULTIMODAL_LOCALITY: M_LOCALITY,
+}
+
+# Scorers: how a target-scored case and a locality case turn logits into per-sample scores (METHOD.md §3).
+TOKEN_ACCURACY: Final = "token_accuracy"
+EXACT_MATCH: Final = "exact_match"
+TARGET_SCORER_NAMES: Final = (TOKEN_ACCURACY, EXACT_MATCH)
+
+ANSWER_TOP1: Final = "answer_top1"
+SEQUENCE_TOPK: Final = "sequence_topk"
+LOCALITY_SCORER_NAMES: Final = (ANSWER_TOP1, SEQUENCE_TOPK)
+
+
+def stage_key(stage: str, metric: str) -> str:
+    """Return the logged name of `metric` in `stage`: `stage_key("val", RELIABILITY) == "val/reliability"`."""
+    if metric not in ALL_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(ALL_METRICS)}")
+    if not stage or "/" in stage:
+        raise ValueError(f"stage must be a non-empty name without '/', got {stage!r}")
+    return f"{stage}/{metric}"

@@ -1,0 +1,128 @@
+"""Result files: the scores of a run and the settings that produced them, as JSON and as CSV.
+
+Numbers scored with different scorers or prompt templates are not comparable (METHOD.md §2-3), so every
+result file names them: `write_results` refuses settings without `target_scorer`, `locality_scorer` and
+`prompt_template`.
+
+Layout of `{name}.json`::
+
+    {"scores": {"reliability": 98.8, ...}, "settings": {"target_scorer": "token_accuracy", ...}}
+
+Layout of `{name}.csv` (readable with the `csv` module)::
+
+    metric,value
+    reliability,98.8
+    ...
+    setting:target_scorer,token_accuracy
+    ...
+
+Score keys are metric keys from `names.py`, optionally with a stage prefix (`test/reliability`). Setting
+values that are not strings are written to the CSV as JSON (`true`, `40`, `null`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from unike_pl.io import atomic_write_json, atomic_write_text
+from unike_pl.metrics.names import ALL_METRICS
+
+REQUIRED_SETTINGS = ("target_scorer", "locality_scorer", "prompt_template")
+"""Settings every result file must record."""
+
+SETTING_PREFIX = "setting:"
+"""Prefix of the settings rows in the CSV file."""
+
+
+def _check_score_key(key: str) -> None:
+    """Accept `metric` or `stage/metric` with a metric key from names.py."""
+    stage, _, metric = key.rpartition("/")
+    if metric not in ALL_METRICS or "/" in stage or (key.count("/") == 1 and not stage):
+        raise ValueError(
+            f"unknown score key {key!r}; use a metric key ({', '.join(ALL_METRICS)}) or 'stage/metric'"
+        )
+
+
+def _score_value(key: str, value: Any) -> float:
+    """Return `value` (a number or a 0-d tensor) as a finite float."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"score {key!r} is not a number: {value!r}") from error
+    if not math.isfinite(number):
+        raise ValueError(f"score {key!r} is not finite: {number}")
+    return number
+
+
+def write_results(
+    directory: str | Path,
+    name: str,
+    scores: Mapping[str, float],
+    settings: Mapping[str, object],
+) -> tuple[Path, Path]:
+    """Write `{name}.json` and `{name}.csv` into `directory` atomically; return (json path, csv path).
+
+    Args:
+        directory: folder of the result files, created if missing.
+        name: file stem, without a folder.
+        scores: score ×100 per metric key (`reliability` or `test/reliability`).
+        settings: JSON-serialisable run settings; must include target_scorer, locality_scorer and
+            prompt_template.
+    """
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"result name must be a plain file stem, got {name!r}")
+    missing = [key for key in REQUIRED_SETTINGS if key not in settings]
+    if missing:
+        raise ValueError(
+            f"result {name!r}: settings lack {', '.join(missing)} (required: {REQUIRED_SETTINGS})"
+        )
+    clean_scores: dict[str, float] = {}
+    for key, value in scores.items():
+        _check_score_key(key)
+        clean_scores[key] = _score_value(key, value)
+    if not clean_scores:
+        raise ValueError(f"result {name!r}: no scores to write")
+    clean_settings = dict(settings)
+    for key, value in clean_settings.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"result {name!r}: setting {key!r} is not JSON-serialisable: {value!r}"
+            ) from error
+
+    directory = Path(directory)
+    json_path = directory / f"{name}.json"
+    csv_path = directory / f"{name}.csv"
+    atomic_write_json(json_path, {"scores": clean_scores, "settings": clean_settings})
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["metric", "value"])
+    writer.writerows([key, repr(value)] for key, value in clean_scores.items())
+    writer.writerows(
+        [f"{SETTING_PREFIX}{key}", value if isinstance(value, str) else json.dumps(value)]
+        for key, value in clean_settings.items()
+    )
+    atomic_write_text(csv_path, buffer.getvalue())
+    return json_path, csv_path
+
+
+def read_results(path_json: str | Path) -> dict[str, Any]:
+    """Read a result file written by `write_results`: {"scores": {...}, "settings": {...}}."""
+    path_json = Path(path_json)
+    with path_json.open(encoding="utf-8") as handle:
+        try:
+            data = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path_json}: not valid JSON ({error})") from error
+    for field in ("scores", "settings"):
+        if not isinstance(data, dict) or not isinstance(data.get(field), dict):
+            raise ValueError(f"{path_json}: field {field!r} is missing or not an object")
+    return data
