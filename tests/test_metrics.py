@@ -12,10 +12,12 @@ from torch import Tensor
 
 from unike_pl.metrics import (
     ALL_METRICS,
+    ANSWER_METRICS,
     ANSWER_TOP1,
     CASE_METRIC,
     CASES,
     DISPLAY_NAMES,
+    EDIT_METRICS,
     EXACT_MATCH,
     GENERATION_METRICS,
     LOCALITY_METRICS,
@@ -86,8 +88,8 @@ ARGMAX = [[0, 4, 2, 3, 0], [1, 1, 3, 0, 4]]
 
 
 def test_names_are_consistent() -> None:
-    assert ALL_METRICS == TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS
-    assert len(ALL_METRICS) == 8 and len(set(ALL_METRICS)) == 8
+    assert ALL_METRICS == TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS + ANSWER_METRICS
+    assert len(ALL_METRICS) == 10 and len(set(ALL_METRICS)) == 10
     assert set(DISPLAY_NAMES) == set(ALL_METRICS)
     assert DISPLAY_NAMES[RELIABILITY] == "Rel"
     assert set(CASE_METRIC) == set(CASES)
@@ -344,7 +346,7 @@ def test_build_editing_metrics() -> None:
     # MetricCollection sorts its keys alphabetically, so compare sets.
     assert set(build_editing_metrics().keys()) == set(TARGET_METRICS + LOCALITY_METRICS)
     collection = build_editing_metrics(EXACT_MATCH, SEQUENCE_TOPK, generation=True)
-    assert set(collection.keys()) == set(ALL_METRICS)
+    assert set(collection.keys()) == set(EDIT_METRICS)
     assert collection[RELIABILITY].scorer == EXACT_MATCH
     assert collection[M_LOCALITY].scorer == SEQUENCE_TOPK and collection[M_LOCALITY].top_k == 10
 
@@ -362,7 +364,7 @@ def test_build_editing_metrics() -> None:
     wide = ranked_logits([[list(range(12)), list(range(11, -1, -1))]])  # (1, 2, 12)
     collection[M_LOCALITY].update(wide, top_k_predictions(wide, 10), torch.tensor([[IGNORE, 3]]), mask[:, :2])
     values = {key: value.item() for key, value in collection.compute().items()}
-    assert set(values) == set(ALL_METRICS)
+    assert set(values) == set(EDIT_METRICS)
     assert values[RELIABILITY] == pytest.approx(50.0)
     assert values[T_LOCALITY] == pytest.approx(50.0)
     assert values[M_LOCALITY] == pytest.approx(100.0)

@@ -20,10 +20,17 @@ RELIABILITY_GEN: Final = "reliability_gen"
 T_GENERALITY_GEN: Final = "t_generality_gen"
 M_GENERALITY_GEN: Final = "m_generality_gen"
 
+# Accuracy of the UNEDITED model on the locality questions' own answers (`loc_ans`, `m_loc_a`): a property
+# of the base model (how much real knowledge locality protects), not a score of an edit.
+T_LOCALITY_ANSWERS: Final = "t_locality_answer_acc"
+M_LOCALITY_ANSWERS: Final = "m_locality_answer_acc"
+
 TARGET_METRICS: Final = (RELIABILITY, T_GENERALITY, M_GENERALITY)
 LOCALITY_METRICS: Final = (T_LOCALITY, M_LOCALITY)
 GENERATION_METRICS: Final = (RELIABILITY_GEN, T_GENERALITY_GEN, M_GENERALITY_GEN)
-ALL_METRICS: Final = TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS
+ANSWER_METRICS: Final = (T_LOCALITY_ANSWERS, M_LOCALITY_ANSWERS)
+EDIT_METRICS: Final = TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS
+ALL_METRICS: Final = EDIT_METRICS + ANSWER_METRICS
 
 DISPLAY_NAMES: Final[dict[str, str]] = {
     RELIABILITY: "Rel",
@@ -34,6 +41,8 @@ DISPLAY_NAMES: Final[dict[str, str]] = {
     RELIABILITY_GEN: "Rel (gen)",
     T_GENERALITY_GEN: "T-Gen (gen)",
     M_GENERALITY_GEN: "M-Gen (gen)",
+    T_LOCALITY_ANSWERS: "T-Loc answers",
+    M_LOCALITY_ANSWERS: "M-Loc answers",
 }
 
 # Evaluation cases: the five inputs built from one MMEdit record.
@@ -50,6 +59,17 @@ CASE_METRIC: Final[dict[str, str]] = {
     IMAGE_REPHRASE: M_GENERALITY,
     TEXT_LOCALITY: T_LOCALITY,
     MULTIMODAL_LOCALITY: M_LOCALITY,
+}
+TARGET_CASES: Final = (EDIT, REPHRASE, IMAGE_REPHRASE)
+LOCALITY_CASES: Final = (TEXT_LOCALITY, MULTIMODAL_LOCALITY)
+CASE_GENERATION_METRIC: Final[dict[str, str]] = {
+    EDIT: RELIABILITY_GEN,
+    REPHRASE: T_GENERALITY_GEN,
+    IMAGE_REPHRASE: M_GENERALITY_GEN,
+}
+CASE_ANSWER_METRIC: Final[dict[str, str]] = {
+    TEXT_LOCALITY: T_LOCALITY_ANSWERS,
+    MULTIMODAL_LOCALITY: M_LOCALITY_ANSWERS,
 }
 
 # Scorers: how a target-scored case and a locality case turn logits into per-sample scores (METHOD.md §3).

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny MLLMs built from configs and saved like hub snapshots, and a tiny MMEdit split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from unike_pl.backbones.factory import ModelSize, build_blip2, build_llava, save_backbone, train_tokenizer
+
+CORPUS = [
+    "what color is the circle? red",
+    "what colour are the objects? blue",
+    "how many squares are there? two",
+    "what shape is shown? a triangle",
+    "a photo of three small green stars on the left",
+    "nq question: what is the capital of zorland? mirth",
+    "nq question: who founded velmora? ansel",
+    "Question: what color is it? Short answer: purple",
+    "###Human: <Img></Img> ###Assistant:",
+    "USER: ASSISTANT:",
+]
+COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "purple": (140, 40, 200)}
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return train_tokenizer(CORPUS * 5, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def tiny_builds(tmp_path_factory, tiny_tokenizer) -> dict[str, tuple[Path, dict[str, torch.Tensor]]]:
+    """BLIP-2 OPT, BLIP-2 LLaMA (MiniGPT-4 style) and LLaVA-1.5 style models, saved with save_pretrained,
+    with the state dicts they had before saving."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    builders = {
+        "blip2": lambda: build_blip2(tiny_tokenizer, ModelSize(), "opt"),
+        "minigpt4": lambda: build_blip2(tiny_tokenizer, ModelSize(), "llama"),
+        "llava": lambda: build_llava(tiny_tokenizer, ModelSize()),
+    }
+    builds = {}
+    for name, build in builders.items():
+        model, processor = build()
+        builds[name] = (
+            save_backbone(model, processor, root / name),
+            {k: v.clone() for k, v in model.state_dict().items()},
+        )
+    return builds
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_builds) -> dict[str, Path]:
+    return {name: path for name, (path, _) in tiny_builds.items()}
+
+
+def mmedit_record(i: int, color: str) -> dict[str, str]:
+    return {
+        "src": "what color is the circle?",
+        "pred": "red",
+        "alt": color,
+        "rephrase": "what colour are the objects?",
+        "image": f"val2014/img_{i}.png",
+        "image_rephrase": f"img_{i}_r.png",
+        "loc": f"nq question: what is the capital of zorland {i}?",
+        "loc_ans": "mirth",
+        "m_loc": f"val2014/loc_{i}.png",
+        "m_loc_q": "how many squares are there?",
+        "m_loc_a": "two",
+    }
+
+
+@pytest.fixture()
+def mmedit_dir(tmp_path) -> Path:
+    """An E-VQA-format split of four records with its images, in MMEdit's folder layout."""
+    (tmp_path / "coco" / "val2014").mkdir(parents=True)
+    (tmp_path / "rephrase").mkdir()
+    records = []
+    for i, color in enumerate(COLORS):
+        rgb = COLORS[color]
+        Image.new("RGB", (40, 40), rgb).save(tmp_path / "coco" / "val2014" / f"img_{i}.png")
+        Image.new("RGB", (48, 48), tuple(c // 2 for c in rgb)).save(tmp_path / "rephrase" / f"img_{i}_r.png")
+        Image.new("RGB", (40, 40), (90, 90, 90)).save(tmp_path / "coco" / "val2014" / f"loc_{i}.png")
+        records.append(mmedit_record(i, color))
+    (tmp_path / "vqa_eval.json").write_text(json.dumps(records))
+    return tmp_path

@@ -1,0 +1,101 @@
+"""The command line: subcommands, every shipped config, and a validate run on a shrunk real config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from unike_pl.backbones import BackboneConfig, load_backbone
+from unike_pl.cli import main
+from unike_pl.data import MMEditDataset, read_mmedit
+from unike_pl.data.cases import EditCollator
+from unike_pl.metrics import names, read_results, token_accuracy
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for subcommand in ("fit", "validate", "test", "predict"):
+        assert f"    {subcommand} " in out
+
+
+def test_configs_exist():
+    assert CONFIGS, "configs/ ships at least one run"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_config_parses(config, capsys):
+    subcommand = "fit" if config.stem.startswith(("pretrain", "disentangle")) else "validate"
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("unike_pl.")
+
+
+def shrink(config: Path, tmp_path: Path, model: Path, data: Path) -> Path:
+    """The real config pointed at a tiny model and a tiny split, writing results under tmp_path."""
+    settings = yaml.safe_load(config.read_text())
+    backbone = {"name_or_path": str(model), "dtype": "float32", "local_files_only": True}
+    settings["model"]["init_args"]["backbone"] = backbone
+    settings["data"]["init_args"].update(
+        backbone=backbone,
+        eval_file=str(data / "vqa_eval.json"),
+        train_file=None,
+        image_root=str(data / "coco"),
+        rephrase_image_root=str(data / "rephrase"),
+        batch_size=2,
+    )
+    for callback in settings["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("ResultsReport"):
+            callback["init_args"]["output_dir"] = str(tmp_path / "results")
+    settings["trainer"].update(accelerator="cpu", default_root_dir=str(tmp_path / "runs"))
+    shrunk = tmp_path / config.name
+    shrunk.write_text(yaml.safe_dump(settings))
+    return shrunk
+
+
+def expected_reliability(model: Path, data: Path) -> float:
+    """Token accuracy of the unedited model on the edit cases, computed without the CLI."""
+    backbone = load_backbone(BackboneConfig(str(model), local_files_only=True))
+    dataset = MMEditDataset(
+        read_mmedit(data / "vqa_eval.json", "vqa", data / "coco", data / "rephrase"), False
+    )
+    batch = EditCollator(backbone.encoder)([dataset[i] for i in range(len(dataset))])
+    encoded = batch["cases"][names.EDIT]
+    with torch.no_grad():
+        return float(token_accuracy(backbone(encoded), encoded["labels"]).mean() * 100)
+
+
+def test_validate_writes_and_prints_scores(tmp_path, tiny_models, mmedit_dir, capsys):
+    config = shrink(Path("configs/pre_edit_vqa.yaml"), tmp_path, tiny_models["blip2"], mmedit_dir)
+    main(["validate", "--config", str(config)])
+    out = capsys.readouterr().out
+    assert "T-Loc answers" in out and "pre_edit_vqa_val" in out
+    results = read_results(tmp_path / "results" / "pre_edit_vqa_val.json")
+    scores, settings = results["scores"], results["settings"]
+    expected = {
+        names.stage_key("val", m)
+        for m in names.TARGET_METRICS + names.ANSWER_METRICS + names.GENERATION_METRICS
+    }
+    assert set(scores) == expected
+    assert scores["val/reliability"] == pytest.approx(
+        expected_reliability(tiny_models["blip2"], mmedit_dir), abs=1e-4
+    )
+    assert settings["target_scorer"] == "token_accuracy" and settings["prompt_template"] == "none"
+    assert settings["backbone"] == str(tiny_models["blip2"]) and settings["method"] == "PreEditEvaluation"
+    assert (tmp_path / "results" / "pre_edit_vqa_val.csv").read_text().startswith("metric,value\n")
+
+
+def test_validate_names_a_missing_split(tmp_path, tiny_models, mmedit_dir):
+    config = shrink(Path("configs/pre_edit_vqa.yaml"), tmp_path, tiny_models["blip2"], mmedit_dir)
+    (mmedit_dir / "vqa_eval.json").unlink()
+    with pytest.raises(FileNotFoundError, match="vqa_eval.json does not exist"):
+        main(["validate", "--config", str(config)])

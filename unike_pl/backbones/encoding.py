@@ -1,0 +1,128 @@
+"""Turn (image, prompt, target) examples into model inputs with target-only labels.
+
+Input = rendered prompt + " " + target. Labels hold the target's token ids and -100 everywhere else
+(prompt, image placeholders, padding), so the logit at position t predicts label t+1 as in
+Hugging Face causal LMs. Sequences are right-padded; `prompt_length` marks where each target starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from unike_pl.backbones.layouts import MLLMLayout
+from unike_pl.backbones.prompts import PromptFormat
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One scored input: an optional image, a prompt and the answer to score."""
+
+    prompt: str
+    target: str
+    image: Image.Image | None = None
+
+
+class PromptEncoder:
+    """Tokenizes examples for one backbone: its tokenizer, image processor and prompt format."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        image_processor: Any,
+        prompt_format: PromptFormat,
+        config: Any,
+        layout: MLLMLayout,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.prompt_format = prompt_format
+        self.config = config
+        self.layout = layout
+        self.image_token_id = int(config.image_token_id)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("the tokenizer has neither a pad nor an EOS token to pad with")
+        self.pad_token_id = int(pad)
+
+    def encode(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        """Encode a batch whose examples either all carry an image or none does."""
+        if not examples:
+            raise ValueError("cannot encode an empty batch")
+        with_image = examples[0].image is not None
+        if any((ex.image is not None) != with_image for ex in examples):
+            raise ValueError("a batch must be all multimodal or all text-only")
+        image_inputs: dict[str, torch.Tensor] = {}
+        counts = [0] * len(examples)
+        if with_image:
+            image_inputs = self.process_images([ex.image for ex in examples])  # type: ignore[misc]
+            counts = self.layout.image_token_counts(self.config, image_inputs)
+        rows = [self._encode_one(ex, count) for ex, count in zip(examples, counts, strict=True)]
+        return {**self._pad(rows), **image_inputs}
+
+    def process_images(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        processed = self.image_processor(images=list(images), return_tensors="pt")
+        return {name: processed[name] for name in self.layout.image_inputs}
+
+    def prompt_ids(self, prompt: str, image_tokens: int) -> list[int]:
+        """Token ids of the rendered prompt; `image_tokens` placeholders stand for the image (0 = none)."""
+        ids: list[int] = []
+        for piece in self.prompt_format.pieces(prompt, with_image=image_tokens > 0):
+            if piece == "{bos}":
+                if self.tokenizer.bos_token_id is None:
+                    raise ValueError(f"prompt format {self.prompt_format.name!r} needs a BOS token")
+                ids.append(int(self.tokenizer.bos_token_id))
+            elif piece == "{image}":
+                ids.extend([self.image_token_id] * image_tokens)
+            else:
+                ids.extend(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
+        return ids
+
+    def target_ids(self, target: str) -> list[int]:
+        ids = self.tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"target {target!r} has no tokens")
+        return list(ids)
+
+    def _encode_one(self, example: Example, image_tokens: int) -> tuple[list[int], int]:
+        prompt = self.prompt_ids(example.prompt, image_tokens)
+        return prompt + self.target_ids(example.target), len(prompt)
+
+    def _pad(self, rows: Sequence[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+        length = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        for i, (ids, prompt_length) in enumerate(rows):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            attention_mask[i, : len(ids)] = 1
+            labels[i, prompt_length : len(ids)] = torch.tensor(ids[prompt_length:])
+        prompt_length = torch.tensor([p for _, p in rows], dtype=torch.long)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "prompt_length": prompt_length,
+        }
+
+
+def sample_inputs(
+    batch: Mapping[str, torch.Tensor],
+    index: int,
+    layout: MLLMLayout,
+    config: Any,
+) -> dict[str, torch.Tensor]:
+    """The prompt of sample `index` alone (no target, no padding), with its image inputs."""
+    prompt_length = int(batch["prompt_length"][index])
+    inputs = {"input_ids": batch["input_ids"][index : index + 1, :prompt_length]}
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if layout.image_inputs[0] in batch:
+        images = {name: batch[name] for name in layout.image_inputs}
+        inputs.update(layout.split_images(config, images)[index])
+    return inputs

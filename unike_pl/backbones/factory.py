@@ -1,0 +1,181 @@
+"""Build small MLLMs from configs: the tests' tiny models and the embedded default model.
+
+Each builder returns a randomly initialised transformers model and its processor, ready for
+`save_pretrained`, so that the real loader opens them exactly as it opens a hub model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2Processor,
+    BlipImageProcessor,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    OPTConfig,
+    PreTrainedTokenizerFast,
+)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+IMAGE_TOKEN = "<image>"
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `texts`, with BOS/EOS/pad and the `<image>` placeholder."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = [*SPECIAL_TOKENS.values(), IMAGE_TOKEN]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, extra_special_tokens={"image_token": IMAGE_TOKEN}, **SPECIAL_TOKENS
+    )
+
+
+@dataclass
+class ModelSize:
+    """Dimensions of a small MLLM built from config."""
+
+    hidden: int = 32
+    layers: int = 4
+    heads: int = 2
+    ffn: int = 64
+    vision_hidden: int = 32
+    vision_layers: int = 1
+    qformer_layers: int = 1
+    query_tokens: int = 4
+    image_size: int = 32
+    patch_size: int = 8
+    max_positions: int = 128
+
+
+def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    return {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def _language_config(tokenizer: PreTrainedTokenizerFast, size: ModelSize, language: str) -> Any:
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        max_position_embeddings=size.max_positions,
+        tie_word_embeddings=True,
+        **_token_ids(tokenizer),
+    )
+    if language == "opt":
+        return OPTConfig(ffn_dim=size.ffn, word_embed_proj_dim=size.hidden, dropout=0.0, **common)
+    if language == "llama":
+        return LlamaConfig(intermediate_size=size.ffn, num_key_value_heads=size.heads, **common)
+    raise ValueError(f"language model must be 'opt' or 'llama', not {language!r}")
+
+
+def build_blip2(
+    tokenizer: PreTrainedTokenizerFast,
+    size: ModelSize,
+    language: str = "opt",
+) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
+    """A BLIP-2 with an OPT (BLIP-2 OPT) or LLaMA (MiniGPT-4 style) language model."""
+    vision = dict(
+        hidden_size=size.vision_hidden,
+        intermediate_size=2 * size.vision_hidden,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.heads,
+        image_size=size.image_size,
+        patch_size=size.patch_size,
+    )
+    qformer = dict(
+        hidden_size=size.vision_hidden,
+        intermediate_size=2 * size.vision_hidden,
+        num_hidden_layers=size.qformer_layers,
+        num_attention_heads=size.heads,
+        encoder_hidden_size=size.vision_hidden,
+        vocab_size=2,
+    )
+    config = Blip2Config(
+        vision_config=vision,
+        qformer_config=qformer,
+        text_config=_language_config(tokenizer, size, language).to_dict(),
+        num_query_tokens=size.query_tokens,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+    )
+    config.architectures = ["Blip2ForConditionalGeneration"]
+    image_processor = BlipImageProcessor(
+        size={"height": size.image_size, "width": size.image_size},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+        resample=3,
+    )
+    processor = Blip2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=size.query_tokens
+    )
+    return Blip2ForConditionalGeneration(config), processor
+
+
+def build_llava(
+    tokenizer: PreTrainedTokenizerFast,
+    size: ModelSize,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A LLaVA-1.5-style model: CLIP vision tower, MLP projector, LLaMA language model."""
+    vision = CLIPVisionConfig(
+        hidden_size=size.vision_hidden,
+        intermediate_size=2 * size.vision_hidden,
+        num_hidden_layers=size.vision_layers + 1,
+        num_attention_heads=size.heads,
+        image_size=size.image_size,
+        patch_size=size.patch_size,
+        projection_dim=size.hidden,
+    )
+    config = LlavaConfig(
+        vision_config=vision.to_dict(),
+        text_config=_language_config(tokenizer, size, "llama").to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    config.architectures = ["LlavaForConditionalGeneration"]
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size.image_size},
+        crop_size={"height": size.image_size, "width": size.image_size},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=size.patch_size,
+        vision_feature_select_strategy="default",
+        image_token=IMAGE_TOKEN,
+    )
+    return LlavaForConditionalGeneration(config), processor
+
+
+def save_backbone(model: Any, processor: Any, path: str | Path) -> Path:
+    """Save model and processor as one transformers folder, as a hub snapshot would hold them."""
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

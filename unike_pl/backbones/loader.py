@@ -1,0 +1,142 @@
+"""Load a multimodal LLM (hub id or local folder) and expose its editable parts by role, not by name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, AutoProcessor
+from transformers.activations import ACT2FN
+
+from unike_pl.backbones.encoding import PromptEncoder, sample_inputs
+from unike_pl.backbones.layouts import DecoderLayout, MLLMLayout, decoder_layout, mllm_layout
+from unike_pl.backbones.prompts import get_prompt_format
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class BackboneConfig:
+    """Which multimodal model to load and how to prompt it."""
+
+    name_or_path: str
+    """A Hugging Face hub id or a local model folder (saved with `save_pretrained`, processor included)."""
+    dtype: str = "float32"
+    """Weights dtype: float32, bfloat16 or float16."""
+    prompt_format: str | None = None
+    """Prompt wrapper (blip2, minigpt4, llava15, qwen2vl); None picks the backbone's own."""
+    local_files_only: bool = False
+    """Never contact the hub (set this on machines without network)."""
+
+
+def resolve_layout(hf_config: Any) -> tuple[str, MLLMLayout]:
+    architectures = getattr(hf_config, "architectures", None) or []
+    if not architectures:
+        raise ValueError("the model config names no architecture; save the model with save_pretrained")
+    return architectures[0], mllm_layout(architectures[0])
+
+
+def load_encoder(config: BackboneConfig, hf_config: Any | None = None) -> PromptEncoder:
+    """The tokenizer, image processor and prompt format of a backbone, without its weights."""
+    if hf_config is None:
+        hf_config = AutoConfig.from_pretrained(config.name_or_path, local_files_only=config.local_files_only)
+    _, layout = resolve_layout(hf_config)
+    processor = AutoProcessor.from_pretrained(config.name_or_path, local_files_only=config.local_files_only)
+    text_type = hf_config.text_config.model_type
+    format_name = config.prompt_format or layout.prompt_format_for(text_type)
+    if format_name is None:
+        raise ValueError(f"no default prompt format for language model type {text_type!r}; set prompt_format")
+    return PromptEncoder(
+        processor.tokenizer, processor.image_processor, get_prompt_format(format_name), hf_config, layout
+    )
+
+
+def load_backbone(config: BackboneConfig) -> Backbone:
+    """Load weights and processor of a supported MLLM, in eval mode with all weights frozen."""
+    if config.dtype not in DTYPES:
+        raise ValueError(f"dtype {config.dtype!r} is not one of {sorted(DTYPES)}")
+    hf_config = AutoConfig.from_pretrained(config.name_or_path, local_files_only=config.local_files_only)
+    architecture, _ = resolve_layout(hf_config)
+    model_class = getattr(transformers, architecture)
+    model = model_class.from_pretrained(
+        config.name_or_path, dtype=DTYPES[config.dtype], local_files_only=config.local_files_only
+    )
+    return Backbone(model, load_encoder(config, model.config))
+
+
+class Backbone(nn.Module):
+    """A frozen MLLM with its prompt encoder, addressed through the layout tables."""
+
+    def __init__(self, model: nn.Module, encoder: PromptEncoder) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.encoder = encoder
+        self.layout: MLLMLayout = encoder.layout
+        self.language_model = model.get_submodule(self.layout.language_model)
+        self.decoder: DecoderLayout = decoder_layout(type(self.language_model).__name__)
+
+    # --- structure -------------------------------------------------------------------------------
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.language_model.get_submodule(self.decoder.layers)  # type: ignore[return-value]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.language_model.config.hidden_size)
+
+    def last_layers(self, count: int) -> list[int]:
+        """Indices of the last `count` decoder layers (UniKE edits the last 4)."""
+        if not 0 < count <= self.num_layers:
+            raise ValueError(f"cannot take the last {count} of {self.num_layers} layers")
+        return list(range(self.num_layers - count, self.num_layers))
+
+    def layer_part(self, index: int, path: str) -> nn.Module:
+        """A submodule of decoder layer `index`, e.g. `layer_part(i, backbone.decoder.ffn_value)`."""
+        return self.layers[index].get_submodule(path)
+
+    def ffn_activation(self) -> nn.Module:
+        return ACT2FN[getattr(self.language_model.config, self.decoder.activation)]
+
+    # --- running ---------------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (batch, seq, vocab) for an encoded batch, with or without images."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if self.layout.image_inputs[0] in batch:
+            inputs.update({name: batch[name] for name in self.layout.image_inputs})
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            module = self.model
+        else:
+            module = self.model.get_submodule(self.layout.text_forward)
+        return module(**inputs).logits
+
+    @torch.no_grad()
+    def generate_answers(self, batch: Mapping[str, torch.Tensor], max_new_tokens: int = 16) -> list[str]:
+        """Greedy answers to each prompt of the batch (its targets are ignored).
+
+        A plain loop over full forwards: it runs any backbone and any editing hook the same way.
+        Decoding stops at EOS; the text is cut at the first newline.
+        """
+        tokenizer = self.encoder.tokenizer
+        answers = []
+        for index in range(len(batch["input_ids"])):
+            inputs = sample_inputs(batch, index, self.layout, self.model.config)
+            ids = inputs["input_ids"]
+            new_tokens: list[int] = []
+            for _ in range(max_new_tokens):
+                step = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+                next_token = int(self.forward(step)[0, -1].argmax())
+                if next_token == tokenizer.eos_token_id:
+                    break
+                new_tokens.append(next_token)
+                ids = torch.cat([ids, ids.new_tensor([[next_token]])], dim=1)
+            text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+            answers.append(text.split("\n")[0].strip())
+        return answers

@@ -1,0 +1,5 @@
+"""Callbacks shared by the project's runs."""
+
+from unike_pl.callbacks.report import ResultsReport
+
+__all__ = ["ResultsReport"]

@@ -1,0 +1,70 @@
+"""At the end of validate/test: a rich table of the scores and the result files (JSON + CSV)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from rich.console import Console
+from rich.table import Table
+
+from unike_pl.metrics import names
+from unike_pl.metrics.results import write_results
+
+
+def collect_scores(metrics: dict[str, Any], stage: str) -> dict[str, float]:
+    """The `{stage}/{metric}` entries of Lightning's logged metrics, in the canonical metric order."""
+    return {
+        key: float(metrics[key])
+        for metric in names.ALL_METRICS
+        if (key := names.stage_key(stage, metric)) in metrics
+    }
+
+
+def scores_table(title: str, scores: dict[str, float]) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("score (×100)", justify="right")
+    for key, value in scores.items():
+        metric = key.rpartition("/")[2]
+        table.add_row(names.DISPLAY_NAMES[metric], f"{value:.2f}")
+    return table
+
+
+class ResultsReport(L.Callback):
+    """Prints the scores of a validate/test run and writes them with the settings that produced them."""
+
+    def __init__(self, output_dir: str = "results", run_name: str | None = None) -> None:
+        """
+        Args:
+            output_dir: folder of the result files.
+            run_name: file stem prefix; defaults to the LightningModule's class name.
+        """
+        self.output_dir = Path(output_dir)
+        self.run_name = run_name
+        self.written: list[Path] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._report(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._report(trainer, pl_module, "test")
+
+    def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        scores = collect_scores(trainer.callback_metrics, stage)
+        if not scores:
+            return
+        settings = {**_settings_of(pl_module), **_settings_of(trainer.datamodule)}
+        name = f"{self.run_name or type(pl_module).__name__}_{stage}"
+        self.written = list(write_results(self.output_dir, name, scores, settings))
+        Console().print(scores_table(f"{name} ({settings.get('eval_file', '')})", scores))
+        Console().print(f"results: {self.written[0]} and {self.written[1]}")
+
+
+def _settings_of(component: Any) -> dict[str, Any]:
+    method = getattr(component, "result_settings", None)
+    return method() if callable(method) else {}

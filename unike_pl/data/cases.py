@@ -1,0 +1,90 @@
+"""The five evaluation cases of one MMEdit record, and their batching."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from unike_pl.backbones.encoding import Example, PromptEncoder
+from unike_pl.backbones.prompts import wrap_question
+from unike_pl.data.mmedit import EditRecord, MMEditFormatError, MMEditSplit
+from unike_pl.metrics import names
+
+
+def open_image(path: Path, file: Path, record: int, field: str) -> Image.Image:
+    """Load an RGB image; unreadable images are reported with their record and field."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise MMEditFormatError(file, f"cannot read image {path}: {error}", record, field) from None
+
+
+@dataclass(frozen=True)
+class EditSample:
+    """An edit descriptor and its neighbours: `cases` maps each case name to its scored example."""
+
+    record: int
+    cases: dict[str, Example]
+
+
+def build_cases(
+    record: EditRecord, task: str, use_template: bool, load: Callable[[Path, str], Image.Image]
+) -> dict[str, Example]:
+    """Edit, rephrase, image-rephrase, text-locality and multimodal-locality examples of a record.
+
+    VQA questions (src, rephrase, m_loc_q) take the optional `Question: {} Short answer:` wrapper;
+    caption prompts and the text-locality question never do.
+    """
+    wrap_prompt = use_template and task == "vqa"
+    src = wrap_question(record.src, wrap_prompt)
+    image = load(record.image, "image")
+    return {
+        names.EDIT: Example(src, record.alt, image),
+        names.REPHRASE: Example(wrap_question(record.rephrase, wrap_prompt), record.alt, image),
+        names.IMAGE_REPHRASE: Example(src, record.alt, load(record.image_rephrase, "image_rephrase")),
+        names.TEXT_LOCALITY: Example(record.loc, record.loc_ans, None),
+        names.MULTIMODAL_LOCALITY: Example(
+            wrap_question(record.m_loc_q, use_template), record.m_loc_a, load(record.m_loc, "m_loc")
+        ),
+    }
+
+
+class MMEditDataset(Dataset):
+    """Serves `EditSample`s of one split; images are read when a sample is requested."""
+
+    def __init__(self, split: MMEditSplit, use_template: bool, limit: int | None = None) -> None:
+        self.split = split
+        self.use_template = use_template
+        self.records = split.records[:limit] if limit else split.records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, position: int) -> EditSample:
+        record = self.records[position]
+
+        def load(path: Path, field: str) -> Image.Image:
+            return open_image(path, self.split.file, record.index, field)
+
+        return EditSample(record.index, build_cases(record, self.split.task, self.use_template, load))
+
+
+class EditCollator:
+    """Batches samples into one encoded batch per case, with the raw targets kept for generation."""
+
+    def __init__(self, encoder: PromptEncoder) -> None:
+        self.encoder = encoder
+
+    def __call__(self, samples: Sequence[EditSample]) -> dict[str, Any]:
+        return {
+            "record": torch.tensor([s.record for s in samples]),
+            "cases": {case: self.encoder.encode([s.cases[case] for s in samples]) for case in names.CASES},
+            "targets": {case: [s.cases[case].target for s in samples] for case in names.CASES},
+        }

@@ -1,0 +1,92 @@
+"""LightningDataModule over MMEdit splits (or the embedded world, which has the same format)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from unike_pl.backbones.loader import BackboneConfig, load_encoder
+from unike_pl.backbones.prompts import VQA_TEMPLATE
+from unike_pl.data.cases import EditCollator, MMEditDataset
+from unike_pl.data.mmedit import read_mmedit
+
+
+class MMEditDataModule(L.LightningDataModule):
+    """E-VQA or E-IC: `train_file` for methods that learn, `eval_file` for validate/test/predict."""
+
+    def __init__(
+        self,
+        backbone: BackboneConfig,
+        eval_file: str,
+        image_root: str,
+        rephrase_image_root: str,
+        task: str = "vqa",
+        train_file: str | None = None,
+        use_template: bool = False,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        limit: int | None = None,
+    ) -> None:
+        """
+        Args:
+            backbone: the model whose tokenizer, image processor and prompt format encode the batches.
+            eval_file: MMEdit JSON list scored by validate, test and predict.
+            image_root: folder the `image` and `m_loc` paths are relative to (COCO in MMEdit).
+            rephrase_image_root: folder the `image_rephrase` paths are relative to.
+            task: "vqa" (E-VQA) or "caption" (E-IC).
+            train_file: MMEdit JSON list for training (knowledge memory, trained editors).
+            use_template: wrap VQA questions as `Question: {} Short answer:` (recorded in results).
+            batch_size: records per batch (editing methods use 1: one edit at a time).
+            num_workers: DataLoader worker processes.
+            limit: use only the first `limit` records of each split.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = backbone
+        self.task = task
+        self.use_template = use_template
+        self.files = {"train": train_file, "eval": eval_file}
+        self.roots = (Path(image_root), Path(rephrase_image_root))
+        self.datasets: dict[str, MMEditDataset] = {}
+
+    def result_settings(self) -> dict[str, object]:
+        """What the scores depend on from the data side, written beside every score."""
+        return {
+            "task": self.task,
+            "eval_file": self.files["eval"],
+            "prompt_template": VQA_TEMPLATE if self.use_template and self.task == "vqa" else "none",
+        }
+
+    def setup(self, stage: str) -> None:
+        self.collator = EditCollator(load_encoder(self.backbone))
+        wanted = ["train", "eval"] if stage == "fit" else ["eval"]
+        for split in wanted:
+            file = self.files[split]
+            if file is None:
+                raise ValueError(f"stage {stage!r} needs data.{split}_file")
+            if split not in self.datasets:
+                records = read_mmedit(file, self.task, *self.roots)
+                self.datasets[split] = MMEditDataset(records, self.use_template, self.hparams.limit)
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            collate_fn=self.collator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("eval")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("eval")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("eval")

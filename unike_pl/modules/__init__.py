@@ -1,0 +1,6 @@
+"""LightningModules: thin compositions of backbones, methods and metrics."""
+
+from unike_pl.modules.backbone_module import BackboneModule
+from unike_pl.modules.pre_edit import PreEditEvaluation
+
+__all__ = ["BackboneModule", "PreEditEvaluation"]
