@@ -105,6 +105,17 @@ def test_edit_records_have_every_mmedit_field_and_real_images(world: Path) -> No
             assert (images / record["m_loc"]).read_bytes() != original
 
 
+def test_the_project_mmedit_reader_accepts_the_edit_files(world: Path) -> None:
+    from unike_pl.data.mmedit import read_mmedit
+
+    for name in EDIT_FILES:
+        task = "vqa" if name.startswith("vqa") else "caption"
+        split = read_mmedit(world / FILES[name], task, world / "images", world / "images_rephrase")
+        assert len(split.records) == len(_load(world, name)) and split.skipped_empty_alt == 0
+        kinds = {case.kind for record in split.records for case in record.hard_loc}
+        assert kinds == {SAME_IMAGE, SIMILAR_SCENE} and all(record.related for record in split.records)
+
+
 def test_edit_records_come_from_one_rule_and_pred_is_its_hallucination(world: Path) -> None:
     rules = {rule.name: rule for rule in RULES}
     seen_rules = set()
