@@ -107,7 +107,8 @@ def test_the_image_reaches_the_language_model(name, backbones):
     red = backbone(backbone.encoder.encode([Example("what color?", "red", RED)]))
     blue = backbone(backbone.encoder.encode([Example("what color?", "red", BLUE)]))
     assert red.shape == blue.shape
-    assert not torch.allclose(red, blue), "changing the image must change the logits"
+    # A clear difference, not a rounding echo: a vision tower left at its 1e-10 default init passes allclose.
+    assert (red - blue).abs().max() > 1e-3, "changing the image must change the logits"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -177,6 +177,6 @@ def test_unknown_task(mmedit_dir):
 
 
 def test_record_helper_has_every_mmedit_field():
-    from unike_pl.data.mmedit import MMEDIT_FIELDS
+    from unike_pl.mmedit_fields import MMEDIT_FIELDS
 
     assert set(mmedit_record(0, "red")) == set(MMEDIT_FIELDS)

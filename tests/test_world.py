@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from unike_pl.mmedit_fields import MMEDIT_FIELDS
 from unike_pl.world import WorldError, generate_world, iter_world_texts, load_manifest
 from unike_pl.world.__main__ import main
 from unike_pl.world.confusions import RULES, matching_rules, perceive
 from unike_pl.world.language import NUMBER_WORDS, QUESTION_TEMPLATES, template_of
 from unike_pl.world.manifest import FILES, MANIFEST_NAME
-from unike_pl.world.records import MMEDIT_FIELDS, SAME_IMAGE, SIMILAR_SCENE
+from unike_pl.world.records import SAME_IMAGE, SIMILAR_SCENE
 from unike_pl.world.render import render_scene
 from unike_pl.world.scenes import (
     COLOURS,

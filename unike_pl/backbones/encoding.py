@@ -32,21 +32,19 @@ class Example:
 class PromptEncoder:
     """Tokenizes examples for one backbone: its tokenizer, image processor and prompt format."""
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        image_processor: Any,
-        prompt_format: PromptFormat,
-        config: Any,
-        layout: MLLMLayout,
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
+    def __init__(self, processor: Any, prompt_format: PromptFormat, config: Any, layout: MLLMLayout) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_processor = processor.image_processor
         self.prompt_format = prompt_format
         self.config = config
         self.layout = layout
         self.image_token_id = int(config.image_token_id)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
         if pad is None:
             raise ValueError("the tokenizer has neither a pad nor an EOS token to pad with")
         self.pad_token_id = int(pad)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     Blip2Config,
@@ -31,6 +32,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 IMAGE_TOKEN = "<image>"
+INITIALIZER_RANGE = 0.02
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
@@ -99,7 +101,10 @@ def build_blip2(
     language: str = "opt",
 ) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
     """A BLIP-2 with an OPT (BLIP-2 OPT) or LLaMA (MiniGPT-4 style) language model."""
+    # Blip2VisionConfig defaults to initializer_range=1e-10 (its weights always come from a checkpoint);
+    # a model trained from scratch needs a real initialisation.
     vision = dict(
+        initializer_range=INITIALIZER_RANGE,
         hidden_size=size.vision_hidden,
         intermediate_size=2 * size.vision_hidden,
         num_hidden_layers=size.vision_layers,
@@ -132,7 +137,10 @@ def build_blip2(
     processor = Blip2Processor(
         image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=size.query_tokens
     )
-    return Blip2ForConditionalGeneration(config), processor
+    model = Blip2ForConditionalGeneration(config)
+    with torch.no_grad():  # transformers leaves the query tokens at zero: identical queries never diverge
+        model.query_tokens.normal_(std=INITIALIZER_RANGE)
+    return model, processor
 
 
 def build_llava(

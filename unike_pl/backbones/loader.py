@@ -50,9 +50,7 @@ def load_encoder(config: BackboneConfig, hf_config: Any | None = None) -> Prompt
     format_name = config.prompt_format or layout.prompt_format_for(text_type)
     if format_name is None:
         raise ValueError(f"no default prompt format for language model type {text_type!r}; set prompt_format")
-    return PromptEncoder(
-        processor.tokenizer, processor.image_processor, get_prompt_format(format_name), hf_config, layout
-    )
+    return PromptEncoder(processor, get_prompt_format(format_name), hf_config, layout)
 
 
 def load_backbone(config: BackboneConfig) -> Backbone:

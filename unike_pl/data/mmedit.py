@@ -13,23 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-TEXT_FIELDS = ("src", "pred", "alt", "rephrase", "loc", "loc_ans", "m_loc_q", "m_loc_a")
-IMAGE_FIELDS = {"image": "image_root", "image_rephrase": "rephrase_image_root", "m_loc": "image_root"}
-MMEDIT_FIELDS = (
-    "src",
-    "pred",
-    "alt",
-    "rephrase",
-    "image",
-    "image_rephrase",
-    "loc",
-    "loc_ans",
-    "m_loc",
-    "m_loc_q",
-    "m_loc_a",
-)
+from unike_pl.mmedit_fields import IMAGE_FIELDS, TASKS, TEXT_FIELDS
+
 MAY_BE_EMPTY = ("pred", "alt")  # `pred` is never scored; an empty `alt` makes the record skippable
-TASKS = ("vqa", "caption")
 
 
 class MMEditFormatError(ValueError):

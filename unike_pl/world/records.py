@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from unike_pl.mmedit_fields import TASKS
 from unike_pl.world import language
 from unike_pl.world.confusions import (
     RULES,
@@ -27,20 +28,6 @@ from unike_pl.world.seeding import Stream, stream
 
 SAME_IMAGE = "same_image_other_question"
 SIMILAR_SCENE = "similar_scene_same_question"
-MMEDIT_FIELDS: tuple[str, ...] = (
-    "src",
-    "pred",
-    "alt",
-    "rephrase",
-    "image",
-    "image_rephrase",
-    "loc",
-    "loc_ans",
-    "m_loc",
-    "m_loc_q",
-    "m_loc_a",
-)
-TASKS: tuple[str, ...] = ("vqa", "caption")
 
 
 def _related(rule: ConfusionRule, scene: Scene, rng: np.random.Generator) -> list[dict[str, str]]:

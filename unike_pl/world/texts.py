@@ -6,13 +6,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from unike_pl.mmedit_fields import TEXT_FIELDS
 from unike_pl.world.manifest import FILES, load_manifest
-from unike_pl.world.records import MMEDIT_FIELDS
-
-# MMEdit fields that hold text rather than image paths.
-_TEXT_FIELDS: tuple[str, ...] = tuple(
-    f for f in MMEDIT_FIELDS if f not in ("image", "image_rephrase", "m_loc")
-)
 
 
 def iter_world_texts(root: str | Path) -> Iterator[str]:
@@ -32,7 +27,7 @@ def iter_world_texts(root: str | Path) -> Iterator[str]:
                 yield example["answer"]
             continue
         for record in items:
-            for field in _TEXT_FIELDS:
+            for field in TEXT_FIELDS:
                 yield record[field]
             for pair in record["related"]:
                 yield pair["q"]

@@ -1,0 +1,128 @@
+"""The world's pretraining corpus as batches: image questions, captions and text-only facts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from unike_pl.backbones.encoding import Example, PromptEncoder
+from unike_pl.backbones.loader import BackboneConfig, load_encoder
+from unike_pl.data.cases import open_image
+from unike_pl.world.context import IMAGE_ROOT
+
+SPLIT_FILES = {"train": "pretrain/pretrain_train.json", "val": "pretrain/pretrain_val.json"}
+FIELDS = ("image", "question", "answer", "kind")
+
+
+@dataclass(frozen=True)
+class PretrainExample:
+    example: Example
+    category: str
+    """`kind` or `kind_attribute` (vqa_color, caption, text, ...), for accuracy per question type."""
+
+
+def category_of(item: dict[str, Any]) -> str:
+    return f"{item['kind']}_{item['attribute']}" if item.get("attribute") else item["kind"]
+
+
+class PretrainDataset(Dataset):
+    """Pretraining examples; text-only facts can be repeated, since a fact is learnt by seeing it often."""
+
+    def __init__(self, file: Path, image_root: Path, text_repeats: int = 1) -> None:
+        self.file, self.image_root = file, image_root
+        if not file.is_file():
+            raise FileNotFoundError(f"pretraining file {file} does not exist; generate the world first")
+        self.items = json.loads(file.read_text(encoding="utf-8"))
+        for index, item in enumerate(self.items):
+            missing = [field for field in FIELDS if field not in item]
+            if missing:
+                raise ValueError(f"{file}, record {index}, field {missing[0]!r}: missing")
+        text = [i for i, item in enumerate(self.items) if item["image"] is None]
+        self.order = list(range(len(self.items))) + text * (text_repeats - 1)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, position: int) -> PretrainExample:
+        index = self.order[position]
+        item = self.items[index]
+        image = item["image"] and open_image(self.image_root / item["image"], self.file, index, "image")
+        return PretrainExample(Example(item["question"], item["answer"], image or None), category_of(item))
+
+
+class PretrainCollator:
+    """One encoded batch per modality: BLIP-2 cannot mix text-only and image inputs in one forward."""
+
+    def __init__(self, encoder: PromptEncoder) -> None:
+        self.encoder = encoder
+
+    def __call__(self, samples: list[PretrainExample]) -> dict[str, Any]:
+        groups: dict[str, Any] = {}
+        for name, with_image in (("multimodal", True), ("text", False)):
+            chosen = [s for s in samples if (s.example.image is not None) == with_image]
+            if chosen:
+                groups[name] = {
+                    "inputs": self.encoder.encode([s.example for s in chosen]),
+                    "categories": [s.category for s in chosen],
+                }
+        return groups
+
+
+class WorldPretrainDataModule(L.LightningDataModule):
+    """Serves `pretrain/pretrain_{train,val}.json` of a generated world."""
+
+    def __init__(
+        self,
+        world_root: str,
+        backbone: BackboneConfig,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        text_repeats: int = 1,
+    ) -> None:
+        """
+        Args:
+            world_root: folder of a world written by `python -m unike_pl.world`.
+            backbone: the model folder whose tokenizer and image processor encode the batches.
+            batch_size: examples per batch.
+            num_workers: DataLoader worker processes.
+            text_repeats: how often each text-only fact appears per training epoch.
+        """
+        super().__init__()
+        self.world_root = Path(world_root)
+        self.backbone = backbone
+        self.batch_size, self.num_workers, self.text_repeats = batch_size, num_workers, text_repeats
+
+    def setup(self, stage: str) -> None:
+        self.collator = PretrainCollator(load_encoder(self.backbone))
+        self.datasets = {
+            split: PretrainDataset(
+                self.world_root / file,
+                self.world_root / IMAGE_ROOT,
+                self.text_repeats if split == "train" else 1,
+            )
+            for split, file in SPLIT_FILES.items()
+        }
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(0)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            collate_fn=self.collator,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
