@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from unike_pl.backbones.factory import ModelSize, build_blip2, build_llava, save_backbone, train_tokenizer
+from unike_pl.world import generate_world
 
 CORPUS = [
     "what color is the circle? red",
@@ -87,3 +88,10 @@ def mmedit_dir(tmp_path) -> Path:
         records.append(mmedit_record(i, color))
     (tmp_path / "vqa_eval.json").write_text(json.dumps(records))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("world") / "world"
+    generate_world(root, seed=0, scale="small")
+    return root

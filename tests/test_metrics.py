@@ -16,6 +16,7 @@ from unike_pl.metrics import (
     ANSWER_TOP1,
     CASE_METRIC,
     CASES,
+    COST_METRICS,
     DISPLAY_NAMES,
     EDIT_METRICS,
     EXACT_MATCH,
@@ -88,8 +89,10 @@ ARGMAX = [[0, 4, 2, 3, 0], [1, 1, 3, 0, 4]]
 
 
 def test_names_are_consistent() -> None:
-    assert ALL_METRICS == TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS + ANSWER_METRICS
-    assert len(ALL_METRICS) == 10 and len(set(ALL_METRICS)) == 10
+    assert (
+        ALL_METRICS == TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS + ANSWER_METRICS + COST_METRICS
+    )
+    assert len(ALL_METRICS) == 12 and len(set(ALL_METRICS)) == 12
     assert set(DISPLAY_NAMES) == set(ALL_METRICS)
     assert DISPLAY_NAMES[RELIABILITY] == "Rel"
     assert set(CASE_METRIC) == set(CASES)

@@ -8,31 +8,10 @@ import pytest
 import torch
 import yaml
 
+from tests.helpers import TINY
 from unike_pl.backbones import BackboneConfig, load_backbone
 from unike_pl.cli import main
 from unike_pl.metrics import read_results
-from unike_pl.world import generate_world
-
-TINY = {
-    "hidden": 32,
-    "layers": 4,
-    "heads": 2,
-    "ffn": 64,
-    "vision_hidden": 32,
-    "vision_layers": 1,
-    "qformer_layers": 1,
-    "query_tokens": 4,
-    "image_size": 32,
-    "patch_size": 8,
-    "max_positions": 128,
-}
-
-
-@pytest.fixture(scope="module")
-def small_world(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("world") / "world"
-    generate_world(root, seed=0, scale="small")
-    return root
 
 
 def pretrain_config(tmp_path: Path, world: Path, epochs: int) -> Path:

@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import torch
 
 from lightning.pytorch.cli import LightningCLI
 
 
 class UnikeCLI(LightningCLI):
-    """LightningCLI with any LightningModule / LightningDataModule selectable by `class_path`."""
+    """LightningCLI with any LightningModule / LightningDataModule selectable by `class_path`.
+
+    `--ckpt_path` may name a checkpoint of another module than the configured one: an EditingModule
+    loads the encoders of a DisentangleModule checkpoint. LightningCLI would replace the configured model
+    by the checkpoint's class and hyperparameters; here that only happens when the classes agree
+    (resuming a run of the same module).
+    """
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+            stored = hparams.get("_class_path")
+            configured = self.config[subcommand].get("model", {}).get("class_path")
+            if stored is not None and configured is not None and stored != configured:
+                return
+        super()._parse_ckpt_path()
 
 
 def main(args: list[str] | None = None) -> UnikeCLI:

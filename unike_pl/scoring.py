@@ -1,7 +1,8 @@
-"""Scoring the five evaluation cases of a batch with a (possibly edited) backbone.
+"""Per-sample scores of the five evaluation cases of a batch with a (possibly edited) backbone.
 
 Shared by every method: the target cases (edit, rephrase, image rephrase) are scored against their
-targets, the locality cases against the unedited model's cached top-k predictions.
+targets, the locality cases against the unedited model's cached top-k predictions. Scores are returned
+as {metric key: (batch,) tensor in [0, 1]} so that they can be stored per edit and added to metrics.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from torchmetrics import MetricCollection
 
 from unike_pl.backbones.loader import Backbone
 from unike_pl.metrics import names
-from unike_pl.metrics.scorers import top_k_predictions
+from unike_pl.metrics.scorers import generation_match, locality_scores, target_scorer, top_k_predictions
 
 PRE_EDIT_TOP_K = 10
 """Pre-edit predictions are cached as ordered top-10 ids, enough for both locality scorers."""
+
+Scores = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -52,34 +55,58 @@ def pre_edit_predictions(
     return {case: top_k_predictions(backbone(cases[case]), PRE_EDIT_TOP_K) for case in names.LOCALITY_CASES}
 
 
-def score_targets(
-    backbone: Backbone, batch: Mapping[str, Any], metrics: MetricCollection, scoring: ScoringConfig
-) -> None:
-    """Update Rel / T-Gen / M-Gen (and their generation accuracies) for the batch."""
+@torch.no_grad()
+def target_scores(backbone: Backbone, batch: Mapping[str, Any], scoring: ScoringConfig) -> Scores:
+    """Rel / T-Gen / M-Gen (and their generation accuracies) of every sample."""
+    scorer = target_scorer(scoring.target_scorer)
+    scores: Scores = {}
     for case in names.TARGET_CASES:
         encoded = batch["cases"][case]
-        metrics[names.CASE_METRIC[case]].update(backbone(encoded), encoded["labels"])
+        scores[names.CASE_METRIC[case]] = scorer(backbone(encoded), encoded["labels"]).float().cpu()
         if scoring.generation:
             answers = backbone.generate_answers(encoded, scoring.max_new_tokens)
-            metrics[names.CASE_GENERATION_METRIC[case]].update(answers, batch["targets"][case])
+            scores[names.CASE_GENERATION_METRIC[case]] = generation_match(
+                answers, batch["targets"][case]
+            ).float()
+    return scores
 
 
-def score_locality(
-    backbone: Backbone,
-    batch: Mapping[str, Any],
-    metrics: MetricCollection,
-    pre_topk: Mapping[str, torch.Tensor],
-) -> None:
-    """Update T-Loc / M-Loc: post-edit predictions against the cached pre-edit ones."""
+@torch.no_grad()
+def locality_scores_after_edit(
+    backbone: Backbone, batch: Mapping[str, Any], scoring: ScoringConfig, pre_topk: Mapping[str, torch.Tensor]
+) -> Scores:
+    """T-Loc / M-Loc of every sample: post-edit predictions against the cached pre-edit ones."""
+    scores: Scores = {}
     for case in names.LOCALITY_CASES:
         encoded = batch["cases"][case]
-        metrics[names.CASE_METRIC[case]].update(
-            backbone(encoded), pre_topk[case], encoded["labels"], encoded["attention_mask"]
+        metric = names.CASE_METRIC[case]
+        scores[metric] = (
+            locality_scores(
+                scoring.locality_scorer,
+                backbone(encoded),
+                pre_topk[case],
+                encoded["labels"],
+                encoded["attention_mask"],
+                names.LOCALITY_TOP_K[metric],
+            )
+            .float()
+            .cpu()
         )
+    return scores
 
 
-def score_locality_answers(backbone: Backbone, batch: Mapping[str, Any], metrics: MetricCollection) -> None:
+@torch.no_grad()
+def locality_answer_scores(backbone: Backbone, batch: Mapping[str, Any], scoring: ScoringConfig) -> Scores:
     """Accuracy of the model on the locality questions' own answers (a base-model property)."""
+    scorer = target_scorer(scoring.target_scorer)
+    scores: Scores = {}
     for case in names.LOCALITY_CASES:
         encoded = batch["cases"][case]
-        metrics[names.CASE_ANSWER_METRIC[case]].update(backbone(encoded), encoded["labels"])
+        scores[names.CASE_ANSWER_METRIC[case]] = scorer(backbone(encoded), encoded["labels"]).float().cpu()
+    return scores
+
+
+def add_scores(metrics: MetricCollection, scores: Mapping[str, torch.Tensor]) -> None:
+    """Add per-sample scores to the metrics of the same keys."""
+    for key, values in scores.items():
+        metrics[key].add(values.to(metrics[key].total.device))

@@ -49,8 +49,12 @@ class PromptEncoder:
             raise ValueError("the tokenizer has neither a pad nor an EOS token to pad with")
         self.pad_token_id = int(pad)
 
-    def encode(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        """Encode a batch whose examples either all carry an image or none does."""
+    def encode(self, examples: Sequence[Example], end_with_eos: bool = False) -> dict[str, torch.Tensor]:
+        """Encode a batch whose examples either all carry an image or none does.
+
+        `end_with_eos` appends EOS to every target (as a label too): training data that teaches a model
+        to stop after its answer. Scoring never uses it: scored labels are the target's tokens only.
+        """
         if not examples:
             raise ValueError("cannot encode an empty batch")
         with_image = examples[0].image is not None
@@ -61,7 +65,7 @@ class PromptEncoder:
         if with_image:
             image_inputs = self.process_images([ex.image for ex in examples])  # type: ignore[misc]
             counts = self.layout.image_token_counts(self.config, image_inputs)
-        rows = [self._encode_one(ex, count) for ex, count in zip(examples, counts, strict=True)]
+        rows = [self._encode_one(ex, count, end_with_eos) for ex, count in zip(examples, counts, strict=True)]
         return {**self._pad(rows), **image_inputs}
 
     def process_images(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
@@ -88,9 +92,14 @@ class PromptEncoder:
             raise ValueError(f"target {target!r} has no tokens")
         return list(ids)
 
-    def _encode_one(self, example: Example, image_tokens: int) -> tuple[list[int], int]:
+    def _encode_one(self, example: Example, image_tokens: int, end_with_eos: bool) -> tuple[list[int], int]:
         prompt = self.prompt_ids(example.prompt, image_tokens)
-        return prompt + self.target_ids(example.target), len(prompt)
+        target = self.target_ids(example.target)
+        if end_with_eos:
+            if self.tokenizer.eos_token_id is None:
+                raise ValueError("end_with_eos needs a tokenizer with an EOS token")
+            target.append(int(self.tokenizer.eos_token_id))
+        return prompt + target, len(prompt)
 
     def _pad(self, rows: Sequence[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
         length = max(len(ids) for ids, _ in rows)
@@ -124,3 +133,20 @@ def sample_inputs(
         images = {name: batch[name] for name in layout.image_inputs}
         inputs.update(layout.split_images(config, images)[index])
     return inputs
+
+
+def select_sample(
+    batch: Mapping[str, torch.Tensor],
+    index: int,
+    layout: MLLMLayout,
+    config: Any,
+) -> dict[str, torch.Tensor]:
+    """Sample `index` of an encoded batch as a batch of one (padding and target kept)."""
+    rows = slice(index, index + 1)
+    selected = {
+        name: batch[name][rows] for name in ("input_ids", "attention_mask", "labels", "prompt_length")
+    }
+    if layout.image_inputs[0] in batch:
+        images = {name: batch[name] for name in layout.image_inputs}
+        selected.update(layout.split_images(config, images)[index])
+    return selected

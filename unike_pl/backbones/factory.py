@@ -140,7 +140,27 @@ def build_blip2(
     model = Blip2ForConditionalGeneration(config)
     with torch.no_grad():  # transformers leaves the query tokens at zero: identical queries never diverge
         model.query_tokens.normal_(std=INITIALIZER_RANGE)
+        # A small ViT trained from scratch learns where things are only slowly from random position
+        # embeddings; starting from a 2-D sine-cosine grid (as MAE does) gives it positions at once.
+        embedding = model.vision_model.embeddings.position_embedding  # (1, 1 + patches, hidden)
+        grid = size.image_size // size.patch_size
+        embedding[0, 0] = 0.0
+        embedding[0, 1:] = sincos_grid(grid, embedding.shape[-1])
     return model, processor
+
+
+def sincos_grid(side: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine embeddings of a side×side patch grid, row-major, (side², dim); dim % 4 == 0."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sine-cosine grid needs a hidden size divisible by 4, got {dim}")
+    frequencies = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim // 4))  # (dim/4,)
+
+    def axis(positions: torch.Tensor) -> torch.Tensor:
+        angles = positions[:, None] * frequencies[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (n, dim/2)
+
+    rows, cols = torch.meshgrid(torch.arange(side).float(), torch.arange(side).float(), indexing="ij")
+    return torch.cat([axis(rows.flatten()), axis(cols.flatten())], dim=1)
 
 
 def build_llava(

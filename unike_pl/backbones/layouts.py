@@ -36,6 +36,8 @@ class DecoderLayout:
     """Config attribute naming the FFN activation of the language model."""
     final_norm: str
     """Norm after the last layer, relative to the language model."""
+    output_projection: str | None = None
+    """Optional projection between the final norm and the LM head (OPT-350m's `project_out`)."""
 
     @property
     def gated(self) -> bool:
@@ -54,6 +56,7 @@ OPT_DECODER = DecoderLayout(
     ffn_value="fc2",
     activation="activation_function",
     final_norm="model.decoder.final_layer_norm",
+    output_projection="model.decoder.project_out",
 )
 
 
@@ -128,6 +131,8 @@ class MLLMLayout:
     """Path of the language-model module (its class keys DECODER_LAYOUTS)."""
     text_forward: str
     """Module to call for text-only inputs ("" = the whole model, which accepts no pixels)."""
+    lm_head: str
+    """Path of the output projection to the vocabulary (applied after the decoder's final norm)."""
     vision: tuple[str, ...]
     """Frozen vision-side modules (encoder, bridge, projection)."""
     image_token_counts: Callable[[Any, Mapping[str, torch.Tensor]], list[int]]
@@ -145,6 +150,7 @@ MLLM_LAYOUTS: Mapping[str, MLLMLayout] = {
     "Blip2ForConditionalGeneration": MLLMLayout(
         language_model="language_model",
         text_forward="language_model",  # the BLIP-2 forward requires pixels
+        lm_head="language_model.lm_head",
         vision=("vision_model", "qformer", "language_projection"),
         image_token_counts=_query_token_count,
         split_images=_split_by_image,
@@ -155,6 +161,7 @@ MLLM_LAYOUTS: Mapping[str, MLLMLayout] = {
     "LlavaForConditionalGeneration": MLLMLayout(
         language_model="model.language_model",
         text_forward="",
+        lm_head="lm_head",
         vision=("model.vision_tower", "model.multi_modal_projector"),
         image_token_counts=_patch_token_count,
         split_images=_split_by_image,
@@ -164,6 +171,7 @@ MLLM_LAYOUTS: Mapping[str, MLLMLayout] = {
     "Qwen2VLForConditionalGeneration": MLLMLayout(
         language_model="model.language_model",
         text_forward="",
+        lm_head="lm_head",
         vision=("model.visual",),
         image_token_counts=_grid_token_count,
         split_images=_split_by_grid,

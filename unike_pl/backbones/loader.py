@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,7 @@ class Backbone(nn.Module):
         self.layout: MLLMLayout = encoder.layout
         self.language_model = model.get_submodule(self.layout.language_model)
         self.decoder: DecoderLayout = decoder_layout(type(self.language_model).__name__)
+        self.prompt_lengths: torch.Tensor | None = None
 
     # --- structure -------------------------------------------------------------------------------
     @property
@@ -103,17 +105,46 @@ class Backbone(nn.Module):
     def ffn_activation(self) -> nn.Module:
         return ACT2FN[getattr(self.language_model.config, self.decoder.activation)]
 
+    def optional_part(self, path: str | None) -> nn.Module | None:
+        """A submodule of the language model that some configs leave unset (None)."""
+        if path is None:
+            return None
+        module: Any = self.language_model
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        return module if isinstance(module, nn.Module) else None
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from the last decoder layer's output: final norm, optional projection, LM head."""
+        hidden = self.language_model.get_submodule(self.decoder.final_norm)(hidden)
+        projection = self.optional_part(self.decoder.output_projection)
+        if projection is not None:
+            hidden = projection(hidden)
+        return self.model.get_submodule(self.layout.lm_head)(hidden)
+
+    @contextmanager
+    def reading(self, batch: Mapping[str, torch.Tensor]) -> Iterator[None]:
+        """Publish the batch's prompt lengths while it runs: hooks that act on "the last input token"
+        (the last prompt token, whose state sums up the question) read `prompt_lengths`."""
+        previous, self.prompt_lengths = self.prompt_lengths, batch.get("prompt_length")
+        try:
+            yield
+        finally:
+            self.prompt_lengths = previous
+
     # --- running ---------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Logits (batch, seq, vocab) for an encoded batch, with or without images."""
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        # No key-value cache: every call is a full forward (generation here recomputes the prefix).
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
         if self.layout.image_inputs[0] in batch:
             inputs.update({name: batch[name] for name in self.layout.image_inputs})
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
             module = self.model
         else:
             module = self.model.get_submodule(self.layout.text_forward)
-        return module(**inputs).logits
+        with self.reading(batch):
+            return module(**inputs).logits
 
     @torch.no_grad()
     def generate_answers(self, batch: Mapping[str, torch.Tensor], max_new_tokens: int = 16) -> list[str]:
@@ -128,8 +159,10 @@ class Backbone(nn.Module):
             inputs = sample_inputs(batch, index, self.layout, self.model.config)
             ids = inputs["input_ids"]
             new_tokens: list[int] = []
+            prompt_length = ids.new_tensor([ids.shape[1]])
             for _ in range(max_new_tokens):
                 step = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+                step["prompt_length"] = prompt_length
                 next_token = int(self.forward(step)[0, -1].argmax())
                 if next_token == tokenizer.eos_token_id:
                     break

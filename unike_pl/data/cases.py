@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from unike_pl.backbones.encoding import Example, PromptEncoder
+from unike_pl.backbones.encoding import Example, PromptEncoder, select_sample
 from unike_pl.backbones.prompts import wrap_question
 from unike_pl.data.mmedit import EditRecord, MMEditFormatError, MMEditSplit
 from unike_pl.metrics import names
@@ -88,3 +88,15 @@ class EditCollator:
             "cases": {case: self.encoder.encode([s.cases[case] for s in samples]) for case in names.CASES},
             "targets": {case: [s.cases[case].target for s in samples] for case in names.CASES},
         }
+
+
+def select_record(batch: dict[str, Any], index: int, encoder: PromptEncoder) -> dict[str, Any]:
+    """Record `index` of a collated batch as a batch of one, every case included."""
+    return {
+        "record": batch["record"][index : index + 1],
+        "cases": {
+            case: select_sample(encoded, index, encoder.layout, encoder.config)
+            for case, encoded in batch["cases"].items()
+        },
+        "targets": {case: targets[index : index + 1] for case, targets in batch["targets"].items()},
+    }

@@ -57,6 +57,8 @@ class MMEditDataModule(L.LightningDataModule):
             "task": self.task,
             "eval_file": self.files["eval"],
             "prompt_template": VQA_TEMPLATE if self.use_template and self.task == "vqa" else "none",
+            # Editing methods apply a batch's edits one after another: 1 = one-step, T = sequential.
+            "sequence_length": self.hparams.batch_size,
         }
 
     def setup(self, stage: str) -> None:

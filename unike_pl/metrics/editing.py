@@ -17,6 +17,7 @@ from unike_pl.metrics.names import (
     ANSWER_TOP1,
     GENERATION_METRICS,
     LOCALITY_SCORER_NAMES,
+    LOCALITY_TOP_K,
     M_GENERALITY,
     M_LOCALITY,
     RELIABILITY,
@@ -58,6 +59,10 @@ class SampleMean(Metric):
 
     def update(self, scores: Tensor) -> None:
         """Add a batch of per-sample scores, (batch,) floats in [0, 1]."""
+        self._accumulate(scores)
+
+    def add(self, scores: Tensor) -> None:
+        """Add per-sample scores computed elsewhere (e.g. read back from a finished edit's result file)."""
         self._accumulate(scores)
 
     def compute(self) -> Tensor:
@@ -140,7 +145,9 @@ class TLocality(LocalityScore):
 
     name: ClassVar[str] = T_LOCALITY
 
-    def __init__(self, scorer: str = ANSWER_TOP1, top_k: int = 1, **kwargs: Any) -> None:
+    def __init__(
+        self, scorer: str = ANSWER_TOP1, top_k: int = LOCALITY_TOP_K[T_LOCALITY], **kwargs: Any
+    ) -> None:
         super().__init__(scorer, top_k=top_k, **kwargs)
 
 
@@ -149,7 +156,9 @@ class MLocality(LocalityScore):
 
     name: ClassVar[str] = M_LOCALITY
 
-    def __init__(self, scorer: str = ANSWER_TOP1, top_k: int = 10, **kwargs: Any) -> None:
+    def __init__(
+        self, scorer: str = ANSWER_TOP1, top_k: int = LOCALITY_TOP_K[M_LOCALITY], **kwargs: Any
+    ) -> None:
         super().__init__(scorer, top_k=top_k, **kwargs)
 
 

@@ -25,12 +25,17 @@ M_GENERALITY_GEN: Final = "m_generality_gen"
 T_LOCALITY_ANSWERS: Final = "t_locality_answer_acc"
 M_LOCALITY_ANSWERS: Final = "m_locality_answer_acc"
 
+# What an edit costs, averaged over edits (not ×100): wall-clock seconds and optimisation steps.
+EDIT_SECONDS: Final = "edit_seconds"
+EDIT_STEPS: Final = "edit_steps"
+
 TARGET_METRICS: Final = (RELIABILITY, T_GENERALITY, M_GENERALITY)
 LOCALITY_METRICS: Final = (T_LOCALITY, M_LOCALITY)
 GENERATION_METRICS: Final = (RELIABILITY_GEN, T_GENERALITY_GEN, M_GENERALITY_GEN)
 ANSWER_METRICS: Final = (T_LOCALITY_ANSWERS, M_LOCALITY_ANSWERS)
 EDIT_METRICS: Final = TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS
-ALL_METRICS: Final = EDIT_METRICS + ANSWER_METRICS
+COST_METRICS: Final = (EDIT_SECONDS, EDIT_STEPS)
+ALL_METRICS: Final = EDIT_METRICS + ANSWER_METRICS + COST_METRICS
 
 DISPLAY_NAMES: Final[dict[str, str]] = {
     RELIABILITY: "Rel",
@@ -43,6 +48,8 @@ DISPLAY_NAMES: Final[dict[str, str]] = {
     M_GENERALITY_GEN: "M-Gen (gen)",
     T_LOCALITY_ANSWERS: "T-Loc answers",
     M_LOCALITY_ANSWERS: "M-Loc answers",
+    EDIT_SECONDS: "seconds / edit",
+    EDIT_STEPS: "steps / edit",
 }
 
 # Evaluation cases: the five inputs built from one MMEdit record.
@@ -60,6 +67,8 @@ CASE_METRIC: Final[dict[str, str]] = {
     TEXT_LOCALITY: T_LOCALITY,
     MULTIMODAL_LOCALITY: M_LOCALITY,
 }
+LOCALITY_TOP_K: Final[dict[str, int]] = {T_LOCALITY: 1, M_LOCALITY: 10}
+"""Ranks compared by the `sequence_topk` scorer: top-1 for text, ordered top-10 for multimodal (EasyEdit)."""
 TARGET_CASES: Final = (EDIT, REPHRASE, IMAGE_REPHRASE)
 LOCALITY_CASES: Final = (TEXT_LOCALITY, MULTIMODAL_LOCALITY)
 CASE_GENERATION_METRIC: Final[dict[str, str]] = {

@@ -1,6 +1,8 @@
 """LightningModules: thin compositions of backbones, methods and metrics."""
 
 from unike_pl.modules.backbone_module import BackboneModule
+from unike_pl.modules.disentangle import DisentangleModule
+from unike_pl.modules.editing import EditingModule
 from unike_pl.modules.pre_edit import PreEditEvaluation
 
-__all__ = ["BackboneModule", "PreEditEvaluation"]
+__all__ = ["BackboneModule", "DisentangleModule", "EditingModule", "PreEditEvaluation"]

@@ -11,7 +11,7 @@ from unike_pl.backbones.loader import BackboneConfig
 from unike_pl.metrics import names
 from unike_pl.metrics.editing import GenerationAccuracy, TargetScore
 from unike_pl.modules.backbone_module import BackboneModule
-from unike_pl.scoring import ScoringConfig, score_locality_answers, score_targets
+from unike_pl.scoring import ScoringConfig, add_scores, locality_answer_scores, target_scores
 
 STAGES = ("val", "test")
 
@@ -49,8 +49,8 @@ class PreEditEvaluation(BackboneModule):
 
     def _score(self, batch: dict[str, Any], stage: str) -> None:
         metrics = self.metrics[stage]
-        score_targets(self.mllm, batch, metrics, self.scoring)
-        score_locality_answers(self.mllm, batch, metrics)
+        add_scores(metrics, target_scores(self.mllm, batch, self.scoring))
+        add_scores(metrics, locality_answer_scores(self.mllm, batch, self.scoring))
         self.log_dict(metrics, batch_size=len(batch["record"]))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

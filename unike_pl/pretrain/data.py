@@ -14,7 +14,9 @@ from torch.utils.data import DataLoader, Dataset
 from unike_pl.backbones.encoding import Example, PromptEncoder
 from unike_pl.backbones.loader import BackboneConfig, load_encoder
 from unike_pl.data.cases import open_image
+from unike_pl.world.confusions import perceive
 from unike_pl.world.context import IMAGE_ROOT
+from unike_pl.world.scenes import ASKED_ATTRIBUTES, VOCABULARY, Scene
 
 SPLIT_FILES = {"train": "pretrain/pretrain_train.json", "val": "pretrain/pretrain_val.json"}
 FIELDS = ("image", "question", "answer", "kind")
@@ -25,10 +27,20 @@ class PretrainExample:
     example: Example
     category: str
     """`kind` or `kind_attribute` (vqa_color, caption, text, ...), for accuracy per question type."""
+    attributes: tuple[int, ...] | None
+    """Index of each asked attribute's value in the scene as the labels perceive it (None without image)."""
 
 
 def category_of(item: dict[str, Any]) -> str:
     return f"{item['kind']}_{item['attribute']}" if item.get("attribute") else item["kind"]
+
+
+def perceived_attributes(item: dict[str, Any]) -> tuple[int, ...] | None:
+    """The scene's attribute values as the pretraining labels state them (confusion rules applied)."""
+    if item.get("scene") is None:
+        return None
+    scene = perceive(Scene.from_dict(item["scene"]))
+    return tuple(VOCABULARY[name].index(scene.value(name)) for name in ASKED_ATTRIBUTES)
 
 
 class PretrainDataset(Dataset):
@@ -53,7 +65,8 @@ class PretrainDataset(Dataset):
         index = self.order[position]
         item = self.items[index]
         image = item["image"] and open_image(self.image_root / item["image"], self.file, index, "image")
-        return PretrainExample(Example(item["question"], item["answer"], image or None), category_of(item))
+        example = Example(item["question"], item["answer"], image or None)
+        return PretrainExample(example, category_of(item), perceived_attributes(item))
 
 
 class PretrainCollator:
@@ -68,9 +81,12 @@ class PretrainCollator:
             chosen = [s for s in samples if (s.example.image is not None) == with_image]
             if chosen:
                 groups[name] = {
-                    "inputs": self.encoder.encode([s.example for s in chosen]),
+                    # EOS after every answer: the model learns to stop, so greedy answers are gradeable.
+                    "inputs": self.encoder.encode([s.example for s in chosen], end_with_eos=True),
                     "categories": [s.category for s in chosen],
                 }
+                if with_image:
+                    groups[name]["attributes"] = torch.tensor([s.attributes for s in chosen])
         return groups
 
 

@@ -8,16 +8,18 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MeanMetric
 
 from unike_pl.backbones.factory import ModelSize
 from unike_pl.backbones.loader import Backbone, BackboneConfig, load_backbone
+from unike_pl.hooks import capture_output
 from unike_pl.losses import answer_loss_sum
 from unike_pl.metrics.scorers import exact_match
 from unike_pl.pretrain.init_model import init_world_model
-from unike_pl.world.scenes import ASKED_ATTRIBUTES
+from unike_pl.world.scenes import ASKED_ATTRIBUTES, VOCABULARY
 
 CATEGORIES = (
     *(f"{kind}_{attribute}" for kind in ("vqa", "verify", "compose") for attribute in ASKED_ATTRIBUTES),
@@ -38,6 +40,7 @@ class WorldPretraining(L.LightningModule):
         learning_rate: float = 1e-3,
         weight_decay: float = 0.01,
         warmup_steps: int = 200,
+        attribute_loss_weight: float = 1.0,
         seed: int = 0,
     ) -> None:
         """
@@ -50,6 +53,9 @@ class WorldPretraining(L.LightningModule):
             learning_rate: AdamW peak learning rate.
             weight_decay: AdamW weight decay.
             warmup_steps: linear warm-up steps before cosine decay.
+            attribute_loss_weight: weight of the auxiliary loss that predicts each scene attribute from the
+                image embeddings handed to the language model. A vision stack trained from scratch learns
+                only slowly through the language loss alone; the heads are not part of the exported model.
             seed: initialisation seed.
         """
         super().__init__()
@@ -57,6 +63,9 @@ class WorldPretraining(L.LightningModule):
         self.size = size or ModelSize()
         self.backbone: Backbone | None = None
         self.exact = nn.ModuleDict({category: MeanMetric() for category in CATEGORIES})
+        self.attribute_heads = nn.ModuleDict(
+            {name: nn.Linear(self.size.hidden, len(VOCABULARY[name])) for name in ASKED_ATTRIBUTES}
+        )
 
     @property
     def backbone_config(self) -> BackboneConfig:
@@ -85,18 +94,30 @@ class WorldPretraining(L.LightningModule):
             self.backbone.model.requires_grad_(True)
 
     def _loss(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        total, tokens = 0.0, 0
+        total, tokens, attribute_loss = 0.0, 0, torch.zeros((), device=self.device)
         for group in batch.values():
-            logits = self.backbone(group["inputs"])
+            with capture_output(self.backbone.model.language_projection) as image_embeddings:
+                logits = self.backbone(group["inputs"])
             loss_sum, count = answer_loss_sum(logits, group["inputs"]["labels"])
             total, tokens = total + loss_sum, tokens + count
+            if "attributes" in group:
+                attribute_loss = self._attribute_loss(image_embeddings["output"], group["attributes"])
             if stage == "val":
                 self._update_accuracy(logits, group)
         loss = total / tokens
-        self.log(
-            f"{stage}/loss", loss, prog_bar=True, batch_size=sum(len(g["categories"]) for g in batch.values())
-        )
-        return loss
+        size = sum(len(g["categories"]) for g in batch.values())
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size)
+        self.log(f"{stage}/attribute_loss", attribute_loss, batch_size=size)
+        return loss + self.hparams.attribute_loss_weight * attribute_loss
+
+    def _attribute_loss(self, embeddings: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of every attribute head on the query embeddings (batch, queries, hidden)."""
+        pooled = embeddings.mean(dim=1)  # (batch, hidden)
+        losses = [
+            F.cross_entropy(head(pooled), attributes[:, i])
+            for i, head in enumerate(self.attribute_heads.values())
+        ]
+        return torch.stack(losses).mean()
 
     def _update_accuracy(self, logits: torch.Tensor, group: dict[str, Any]) -> None:
         scores = exact_match(logits, group["inputs"]["labels"])

@@ -1,0 +1,56 @@
+"""Shared test helpers: the tiny world-model size and shipped configs rewritten to temporary folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TINY = {
+    "hidden": 32,
+    "layers": 4,
+    "heads": 2,
+    "ffn": 64,
+    "vision_hidden": 32,
+    "vision_layers": 1,
+    "qformer_layers": 1,
+    "query_tokens": 4,
+    "image_size": 32,
+    "patch_size": 8,
+    "max_positions": 128,
+}
+
+PATH_PREFIXES = ("data/world", "checkpoints/world-blip2", "runs/", "results/")
+
+
+def relocate(value: Any, mapping: dict[str, str]) -> Any:
+    """Replace the shipped default folders in every string of a parsed config."""
+    if isinstance(value, dict):
+        return {key: relocate(item, mapping) for key, item in value.items()}
+    if isinstance(value, list):
+        return [relocate(item, mapping) for item in value]
+    if isinstance(value, str):
+        for prefix, replacement in mapping.items():
+            if value.startswith(prefix):
+                return replacement + value[len(prefix) :]
+    return value
+
+
+def shipped_config(name: str, tmp_path: Path, world: Path, model: Path) -> dict[str, Any]:
+    """configs/<name> with the world, the model and every output folder moved under tmp_path."""
+    settings = yaml.safe_load(Path("configs", name).read_text())
+    mapping = {
+        "data/world": str(world),
+        "checkpoints/world-blip2": str(model),
+        "runs/": f"{tmp_path}/runs/",
+        "results/": f"{tmp_path}/results/",
+    }
+    settings = relocate(settings, mapping)
+    settings["trainer"]["accelerator"] = "cpu"
+    return settings
+
+
+def write_config(settings: dict[str, Any], path: Path) -> Path:
+    path.write_text(yaml.safe_dump(settings))
+    return path

@@ -1,0 +1,246 @@
+"""Model surgery of UniKE on tiny BLIP-2 OPT, MiniGPT-4-style (gated LLaMA) and LLaVA models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from unike_pl.backbones import BackboneConfig, Example, load_backbone
+from unike_pl.editing.editor import IntrinsicConfig, UniKEEditor
+from unike_pl.editing.latent import KnowledgeInjection, LayerKnowledge
+from unike_pl.editing.neurons import NeuronBank, new_patch
+from unike_pl.editing.tail import TailRunner
+from unike_pl.knowledge.contrastive import semantic_loss, truthfulness_loss
+from unike_pl.knowledge.encoders import DisentangledEncoders
+from unike_pl.knowledge.index import CosineIndex
+from unike_pl.knowledge.mining import extract_states
+
+MODELS = ("blip2", "minigpt4", "llava")
+RED = Image.new("RGB", (40, 40), (220, 30, 30))
+GREY = Image.new("RGB", (40, 40), (90, 90, 90))
+
+
+@pytest.fixture(scope="module")
+def backbones(tiny_models):
+    return {
+        name: load_backbone(BackboneConfig(str(tiny_models[name]), local_files_only=True)) for name in MODELS
+    }
+
+
+def edit_inputs(backbone):
+    return backbone.encoder.encode([Example("what color is the circle?", "purple", RED)])
+
+
+def probe_inputs(backbone):
+    return backbone.encoder.encode(
+        [
+            Example("how many squares are there?", "two", GREY),
+            Example("what shape is shown?", "a triangle", RED),
+        ]
+    )
+
+
+def random_knowledge(backbone, layers, count=30, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    hidden = backbone.hidden_size
+    return {
+        layer: LayerKnowledge(
+            torch.randn(count, hidden, generator=generator), torch.randn(count, hidden, generator=generator)
+        )
+        for layer in layers
+    }
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_tail_replays_the_full_forward(name, backbones):
+    backbone = backbones[name]
+    inputs = probe_inputs(backbone)
+    tail = TailRunner(backbone, backbone.num_layers - 2)
+    assert torch.allclose(tail.logits(tail.capture(inputs)), backbone(inputs), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_zero_initialised_neurons_leave_logits_unchanged(name, backbones):
+    backbone = backbones[name]
+    inputs = probe_inputs(backbone)
+    before, hooks = backbone(inputs), hook_count(backbone.model)
+    bank = NeuronBank(backbone)
+    for layer in backbone.last_layers(2):
+        patch = new_patch(backbone, layer, 5)
+        patch.init_keys(torch.randn(patch.keys.shape[1]), noise=0.1)  # firing keys, zero values
+        bank.add(layer, patch)
+    with bank.attached():
+        assert torch.equal(backbone(inputs), before)
+        bank.latest()[backbone.num_layers - 1].values.data.normal_()
+        assert not torch.allclose(backbone(inputs), before)
+    assert hook_count(backbone.model) == hooks
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_an_undone_edit_restores_the_model_exactly(name, backbones):
+    backbone = backbones[name]
+    layers = backbone.last_layers(2)
+    state = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    hooks = hook_count(backbone.model)  # transformers registers a few of its own
+    probe = probe_inputs(backbone)
+    before = backbone(probe)
+    injection = KnowledgeInjection(backbone, random_knowledge(backbone, layers), top_k=4, alpha=0.5)
+    memory = {layer: torch.randn(16, backbone.hidden_size) for layer in layers}
+    intrinsic = IntrinsicConfig(neurons=4, max_steps=3, learning_rate=0.1)
+    editor = UniKEEditor(backbone, layers, intrinsic, injection, None, memory)
+    editor.edit(edit_inputs(backbone))
+    with editor.active():
+        assert not torch.allclose(backbone(probe), before)  # the edit did something
+    editor.restore()
+    assert hook_count(backbone.model) == hooks
+    after = backbone.model.state_dict()
+    assert after.keys() == state.keys()
+    assert all(torch.equal(after[k], state[k]) for k in state)
+    assert all(not p.requires_grad for p in backbone.model.parameters())
+    assert torch.equal(backbone(probe), before)
+    assert not editor.bank.patches and not any(editor.injection.added.values())
+
+
+@pytest.mark.parametrize("name", ["blip2", "minigpt4"])
+def test_the_fast_tail_trains_like_the_full_model(name, backbones):
+    backbone = backbones[name]
+    layers = backbone.last_layers(2)
+    memory = {layer: torch.randn(16, backbone.hidden_size) for layer in layers}
+    intrinsic = IntrinsicConfig(neurons=4, max_steps=4, learning_rate=0.05)
+    probe, results = probe_inputs(backbone), []
+    for fast in (True, False):
+        editor = UniKEEditor(backbone, layers, intrinsic, None, None, memory, fast_tail=fast, seed=3)
+        report = editor.edit(edit_inputs(backbone))
+        with editor.active():
+            results.append((report.steps, backbone(probe)))
+        editor.restore()
+    (steps_fast, logits_fast), (steps_full, logits_full) = results
+    assert steps_fast == steps_full
+    assert torch.allclose(logits_fast, logits_full, atol=1e-4)
+
+
+def test_an_edit_is_learnt(backbones):
+    backbone = backbones["blip2"]
+    layers = backbone.last_layers(2)
+    memory = {layer: torch.randn(16, backbone.hidden_size) for layer in layers}
+    editor = UniKEEditor(
+        backbone, layers, IntrinsicConfig(max_steps=60, learning_rate=0.05), None, None, memory
+    )
+    report = editor.edit(edit_inputs(backbone))
+    assert report.success and report.steps > 0
+    editor.restore()
+
+
+def test_index_returns_the_planted_neighbour():
+    keys = torch.randn(200, 24, generator=torch.Generator().manual_seed(0))
+    index = CosineIndex(keys, use_gpu=False)
+    query = keys[[17, 140]] * 3.0 + 0.01 * torch.randn(2, 24)
+    scores, ids = index.search(query, 5)
+    assert ids[:, 0].tolist() == [17, 140]
+    assert torch.all(scores[:, 0] > 0.99) and torch.all(scores[:, :-1] >= scores[:, 1:])
+
+
+def test_added_knowledge_is_retrieved_first_and_cleared(backbones):
+    backbone = backbones["blip2"]
+    layer = backbone.num_layers - 1
+    injection = KnowledgeInjection(backbone, random_knowledge(backbone, [layer]), top_k=3, alpha=0.5)
+    planted_key, planted_value = (
+        torch.randn(1, backbone.hidden_size),
+        torch.full((1, backbone.hidden_size), 7.0),
+    )
+    injection.add({layer: LayerKnowledge(planted_key, planted_value)})
+    values = injection.retrieve(layer, planted_key * 2)
+    assert torch.equal(values[0, 0], planted_value[0])
+    injection.clear()
+    assert not (injection.retrieve(layer, planted_key) == 7.0).all(-1).any()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_knowledge_weight_zero_changes_nothing(name, backbones):
+    backbone = backbones[name]
+    layers = backbone.last_layers(2)
+    probe = probe_inputs(backbone)
+    before = backbone(probe)
+    for alpha, same in ((0.0, True), (1.0, False)):
+        injection = KnowledgeInjection(backbone, random_knowledge(backbone, layers), top_k=4, alpha=alpha)
+        with injection.attached():
+            after = backbone(probe)
+        assert torch.allclose(after, before, atol=1e-6) == same
+
+
+def test_edit_states_are_read_at_the_question_and_sequence_end(backbones):
+    backbone = backbones["blip2"]
+    layer = backbone.num_layers - 1
+    inputs = probe_inputs(backbone)
+    states = extract_states(backbone, [layer], inputs)[layer]
+    single = extract_states(
+        backbone, [layer], backbone.encoder.encode([Example("how many squares are there?", "two", GREY)])
+    )[layer]
+    # Padding does not leak into the states of the shorter sample.
+    assert torch.allclose(states["sem"][0], single["sem"][0], atol=1e-5)
+    assert torch.allclose(states["last"][0], single["last"][0], atol=1e-5)
+    assert not torch.allclose(states["sem"][0], states["last"][0])
+
+
+def planted_triplets(count: int, hidden: int, seed: int):
+    """States whose positives and negatives differ along one planted truthful direction (the same for
+    every seed), and whose question states sit near their own triplet's answers."""
+    direction = torch.randn(hidden, generator=torch.Generator().manual_seed(12345))
+    generator = torch.Generator().manual_seed(seed)
+    topic = torch.randn(count, hidden, generator=generator)
+    noise = lambda: 0.3 * torch.randn(count, hidden, generator=generator)  # noqa: E731
+    return topic + noise(), topic + direction + noise(), topic - direction + noise()
+
+
+def test_contrastive_losses_fall_on_a_planted_truthful_direction():
+    torch.manual_seed(0)
+    sem, pos, neg = planted_triplets(64, 32, seed=1)
+    encoders = DisentangledEncoders([0], hidden=32, dim=16)
+    optimizer = torch.optim.Adam(encoders.parameters(), lr=3e-3)
+
+    def losses():
+        truth = truthfulness_loss(encoders.encode_truth(0, pos), encoders.encode_truth(0, neg), 0.1)
+        semantic = semantic_loss(
+            encoders.encode_semantic(0, sem),
+            encoders.encode_semantic(0, pos),
+            encoders.encode_semantic(0, neg),
+            0.1,
+        )
+        return truth, semantic
+
+    first = [float(x.detach()) for x in losses()]
+    for _ in range(150):
+        truth, semantic = losses()
+        optimizer.zero_grad()
+        (truth + semantic).backward()
+        optimizer.step()
+    last = [float(x.detach()) for x in losses()]
+    # Supervised InfoNCE cannot go below log(number of same-class partners): 63 here.
+    floor = math.log(63)
+    assert last[0] - floor < 0.3 * (first[0] - floor) and last[1] < 0.7 * first[1]
+    # ζ separates held-out triplets with the same planted direction.
+    _, pos_test, neg_test = planted_triplets(64, 32, seed=2)  # same direction, new topics and noise
+    midpoint = encoders.set_truthful_directions(pos[:, None], neg[:, None])[0]
+    zeta = encoders.truthful_direction(0)
+    with torch.no_grad():
+        right = ((encoders.encode_truth(0, pos_test) - midpoint) @ zeta > 0).float().mean()
+        right += ((encoders.encode_truth(0, neg_test) - midpoint) @ zeta <= 0).float().mean()
+    assert right / 2 > 0.95
+
+
+def test_semantic_relevance_is_a_clamped_cosine():
+    encoders = DisentangledEncoders([3], hidden=8, dim=4)
+    states = torch.randn(5, 8)
+    alpha = encoders.relevance(3, states, states)
+    assert torch.allclose(alpha, torch.ones(5), atol=1e-5)
+    assert torch.all(
+        (encoders.relevance(3, states, -states) >= 0) & (encoders.relevance(3, states, -states) <= 1)
+    )

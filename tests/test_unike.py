@@ -1,0 +1,128 @@
+"""UniKE end to end on a small generated world: memory + encoders through `fit`, edits through `validate`,
+and resumption of both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import TINY, shipped_config, write_config
+from unike_pl.backbones.factory import ModelSize
+from unike_pl.cli import main
+from unike_pl.editing.editor import UniKEEditor
+from unike_pl.metrics import names, read_results
+from unike_pl.pretrain.init_model import init_world_model
+
+MEMORY_LIMIT = {"limit": 6, "max_new_tokens": 3, "chunk_records": 4}
+
+
+@pytest.fixture(scope="module")
+def world_model(tmp_path_factory, small_world) -> Path:
+    """An untrained tiny model of the world: wrong on nearly everything, so the memory has triplets."""
+    return init_world_model(
+        small_world, tmp_path_factory.mktemp("model") / "model", ModelSize(**TINY), 400, 0
+    )
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory, small_world, world_model) -> Path:
+    """Encoders trained by `fit --config configs/disentangle.yaml` (shrunk), and the run folder."""
+    root = tmp_path_factory.mktemp("disentangle")
+    main(["fit", "--config", str(disentangle_config(root, small_world, world_model, epochs=2))])
+    return root
+
+
+def disentangle_config(root: Path, world: Path, model: Path, epochs: int) -> Path:
+    settings = shipped_config("disentangle.yaml", root, world, model)
+    settings["data"]["init_args"]["memory"].update(MEMORY_LIMIT)
+    settings["data"]["init_args"]["batch_size"] = 8
+    settings["trainer"]["max_epochs"] = epochs
+    return write_config(settings, root / "disentangle.yaml")
+
+
+def edit_config(root: Path, world: Path, model: Path, **model_args) -> Path:
+    settings = shipped_config("edit_vqa.yaml", root, world, model)
+    init = settings["model"]["init_args"]
+    init["memory"].update(MEMORY_LIMIT)
+    init["intrinsic"].update(max_steps=3)
+    init["scoring"]["max_new_tokens"] = 2
+    init.update(model_args)
+    settings["data"]["init_args"]["limit"] = 3
+    return write_config(settings, root / "edit.yaml")
+
+
+def test_fit_builds_the_memory_and_saves_encoders_with_zeta(encoders):
+    memory = list((encoders / "runs" / "knowledge_memory").glob("*/memory.pt"))
+    assert len(memory) == 1
+    stored = torch.load(memory[0], weights_only=True)
+    assert len(stored["triplets"]) > 4 and len(stored["layers"]) == 4
+    checkpoint = torch.load(
+        encoders / "runs" / "disentangle" / "checkpoints" / "last.ckpt", weights_only=False
+    )
+    weights = checkpoint["state_dict"]
+    assert any(key.startswith("encoders.truth.") for key in weights)
+    assert weights["encoders.zeta"].abs().sum() > 0
+    logged = next((encoders / "runs" / "disentangle" / "logs").rglob("metrics.csv")).read_text()
+    assert "val/truth_separation" in logged and "val/semantic_top1" in logged
+
+
+def test_fit_resumes_from_its_checkpoint(encoders, small_world, world_model):
+    last = encoders / "runs" / "disentangle" / "checkpoints" / "last.ckpt"
+    steps = torch.load(last, weights_only=False)["global_step"]
+    config = disentangle_config(encoders, small_world, world_model, epochs=3)
+    main(["fit", "--config", str(config), "--ckpt_path", str(last)])
+    resumed = torch.load(last, weights_only=False)
+    assert resumed["epoch"] == 2 and resumed["global_step"] == steps * 3 // 2
+
+
+def test_a_memory_build_resumes_from_its_chunks(encoders):
+    chunks = sorted((encoders / "runs" / "knowledge_memory").glob("*/chunks/*.pt"))
+    assert len(chunks) >= 2  # 6 records of two sources in chunks of 4
+
+
+def test_validate_edits_scores_and_resumes(tmp_path, encoders, small_world, world_model, monkeypatch):
+    ckpt = str(encoders / "runs" / "disentangle" / "checkpoints" / "encoders.ckpt")
+    config = edit_config(tmp_path, small_world, world_model, memory={**read_memory(encoders), **MEMORY_LIMIT})
+    main(["validate", "--config", str(config), "--ckpt_path", ckpt])
+    first = read_results(tmp_path / "results" / "edit" / "unike_vqa_val.json")
+    scores = first["scores"]
+    assert {names.stage_key("val", m) for m in names.EDIT_METRICS + names.COST_METRICS} <= set(scores)
+    assert all(0 <= scores[names.stage_key("val", m)] <= 100 for m in names.EDIT_METRICS)
+    assert len(list((tmp_path / "runs" / "edit_vqa" / "edits").glob("records_*.json"))) == 3
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished edit was redone")
+
+    monkeypatch.setattr(UniKEEditor, "edit", refuse)
+    main(["validate", "--config", str(config), "--ckpt_path", ckpt])
+    again = read_results(tmp_path / "results" / "edit" / "unike_vqa_val.json")["scores"]
+    assert again == scores
+
+
+def test_collaboration_needs_trained_encoders(tmp_path, encoders, small_world, world_model):
+    config = edit_config(tmp_path, small_world, world_model, memory={**read_memory(encoders), **MEMORY_LIMIT})
+    with pytest.raises(ValueError, match="--ckpt_path"):
+        main(["validate", "--config", str(config)])
+
+
+def test_intrinsic_only_runs_without_encoders(tmp_path, encoders, small_world, world_model):
+    config = edit_config(
+        tmp_path,
+        small_world,
+        world_model,
+        memory={**read_memory(encoders), **MEMORY_LIMIT},
+        latent=None,
+        intrinsic={"max_steps": 3, "beta": 0.0},
+    )
+    main(["validate", "--config", str(config)])
+    scores = read_results(tmp_path / "results" / "edit" / "unike_vqa_val.json")["scores"]
+    assert names.stage_key("val", names.RELIABILITY) in scores
+
+
+def read_memory(root: Path) -> dict:
+    """The memory settings of the disentangle run (same cache, so edits reuse its memory)."""
+    import yaml
+
+    return yaml.safe_load((root / "disentangle.yaml").read_text())["data"]["init_args"]["memory"]

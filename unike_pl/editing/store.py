@@ -1,0 +1,71 @@
+"""Per-edit results on disk: an interrupted `validate` reads finished edits back instead of redoing them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unike_pl.io import atomic_write_json
+
+SETTINGS_FILE = "settings.json"
+
+
+class EditResultStore:
+    """One JSON file per edited batch (one edit, or one sequence of T edits) under `folder`.
+
+    `settings.json` records what the results depend on; a folder written under other settings is refused,
+    so a changed config can never silently reuse stale edits.
+    """
+
+    def __init__(self, folder: str | Path, settings: Mapping[str, Any]) -> None:
+        self.folder = Path(folder)
+        self.settings = json.loads(json.dumps(dict(settings), default=str))
+        file = self.folder / SETTINGS_FILE
+        if file.is_file():
+            stored = json.loads(file.read_text())
+            changed = sorted(
+                k for k in set(stored) | set(self.settings) if stored.get(k) != self.settings.get(k)
+            )
+            if changed:
+                raise ValueError(
+                    f"{file}: edits in this folder were made with other settings ({', '.join(changed)}); "
+                    "point `edits_dir` at a new folder or delete this one"
+                )
+        else:
+            atomic_write_json(file, self.settings)
+
+    def path(self, records: Sequence[int]) -> Path:
+        return self.folder / f"records_{records[0]:06d}_{len(records):03d}.json"
+
+    def load(self, records: Sequence[int]) -> dict[str, Any] | None:
+        """The stored result of exactly these records, or None if they were not edited yet."""
+        file = self.path(records)
+        if not file.is_file():
+            return None
+        result = json.loads(file.read_text())
+        if result.get("records") != list(records):
+            raise ValueError(f"{file}: holds records {result.get('records')}, expected {list(records)}")
+        return result
+
+    def save(
+        self,
+        records: Sequence[int],
+        scores: Mapping[str, torch.Tensor],
+        reports: Sequence[Mapping[str, Any]],
+        immediate: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        result = {
+            "records": list(records),
+            "scores": {key: values.tolist() for key, values in scores.items()},
+            "immediate": {key: values.tolist() for key, values in (immediate or {}).items()},
+            "edits": list(reports),
+        }
+        atomic_write_json(self.path(records), result)
+
+
+def as_tensors(scores: Mapping[str, Sequence[float]]) -> dict[str, torch.Tensor]:
+    return {key: torch.tensor(values, dtype=torch.float32) for key, values in scores.items()}

@@ -1,0 +1,68 @@
+"""Run only the edited tail of the language model: everything before the first edited layer is frozen,
+so its output is the same at every optimisation step of an edit and is computed once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from unike_pl.backbones.loader import Backbone
+
+
+class _PrefixDone(Exception):
+    """Raised by the capture hook to skip the layers the tail will run anyway."""
+
+
+@dataclass
+class PrefixState:
+    """The input of the first tail layer for one batch: hidden states and the layer's other arguments
+    (attention mask, positions, rotary embeddings: whatever the backbone passes)."""
+
+    hidden: torch.Tensor  # (batch, seq, hidden)
+    kwargs: dict[str, Any]
+    prompt_lengths: torch.Tensor | None
+
+
+class TailRunner:
+    """Captures the input of decoder layer `first` once, then replays layers `first..` to the logits."""
+
+    def __init__(self, backbone: Backbone, first: int) -> None:
+        if not 0 <= first < backbone.num_layers:
+            raise ValueError(f"tail start {first} is not a layer of a {backbone.num_layers}-layer model")
+        self.backbone = backbone
+        self.first = first
+
+    @torch.no_grad()
+    def capture(self, batch: Mapping[str, torch.Tensor]) -> PrefixState:
+        captured: dict[str, Any] = {}
+
+        def hook(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
+            # A key-value cache would grow with every replay (and tie each step's graph to the last).
+            captured["kwargs"] = {**kwargs, "past_key_values": None}
+            raise _PrefixDone
+
+        handle = self.backbone.layers[self.first].register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            self.backbone(batch)
+        except _PrefixDone:
+            pass
+        finally:
+            handle.remove()
+        if "hidden" not in captured:
+            raise RuntimeError(f"decoder layer {self.first} was never called by the backbone's forward")
+        return PrefixState(captured["hidden"].detach(), captured["kwargs"], batch.get("prompt_length"))
+
+    def logits(self, state: PrefixState) -> torch.Tensor:
+        """Logits (batch, seq, vocab) through the tail layers, with every hook on them active."""
+        hidden = state.hidden
+        with self.backbone.reading({"prompt_length": state.prompt_lengths}):
+            for layer in self.backbone.layers[self.first :]:
+                output = layer(hidden, **state.kwargs)
+                hidden = output[0] if isinstance(output, tuple) else output
+            return self.backbone.output_logits(hidden)

@@ -1,0 +1,61 @@
+"""Read the hidden states that UniKE works with, at chosen decoder layers, through hooks.
+
+The *pre-attention state* of a layer is the input of its self-attention block (what W_q, W_k and W_v
+consume); the *FFN input* is the input of its FFN key linear (what the extra neurons read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from unike_pl.backbones.loader import Backbone
+
+
+def attention_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """The hidden states a self-attention module was called with, positional or keyword."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
+@contextmanager
+def layer_inputs(backbone: Backbone, layers: Sequence[int]) -> Iterator[dict[str, dict[int, torch.Tensor]]]:
+    """Yield {"attention": {layer: (batch, seq, hidden)}, "ffn": {layer: (batch, seq, hidden)}} filled by
+    the latest forward of `backbone` inside the block."""
+    captured: dict[str, dict[int, torch.Tensor]] = {"attention": {}, "ffn": {}}
+    shape: dict[str, torch.Size] = {}
+
+    def on_attention(layer: int):
+        def hook(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            states = attention_input(args, kwargs)
+            shape["batch_seq"] = states.shape[:2]
+            captured["attention"][layer] = states.detach()
+
+        return hook
+
+    def on_ffn(layer: int):
+        def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
+            # Some decoders (OPT) flatten (batch, seq) before the FFN; restore the two axes.
+            captured["ffn"][layer] = args[0].detach().reshape(*shape["batch_seq"], -1)
+
+        return hook
+
+    handles = []
+    for layer in layers:
+        attention = backbone.layer_part(layer, backbone.decoder.attention)
+        key = backbone.layer_part(layer, backbone.decoder.ffn_keys[0])
+        handles.append(attention.register_forward_pre_hook(on_attention(layer), with_kwargs=True))
+        handles.append(key.register_forward_pre_hook(on_ffn(layer)))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def at_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rows of `states` (batch, seq, hidden) at one position per sample (batch,) -> (batch, hidden)."""
+    return states[torch.arange(len(positions), device=states.device), positions.to(states.device)]
