@@ -99,3 +99,17 @@ def test_validate_names_a_missing_split(tmp_path, tiny_models, mmedit_dir):
     (mmedit_dir / "vqa_eval.json").unlink()
     with pytest.raises(FileNotFoundError, match="vqa_eval.json does not exist"):
         main(["validate", "--config", str(config)])
+
+
+def test_editing_configs_read_the_memory_that_disentangle_builds():
+    """The memory cache is keyed by its settings: a config whose memory differs would not find it."""
+
+    def memory(name: str, *keys: str) -> dict:
+        settings = yaml.safe_load(Path("configs", name).read_text())
+        for key in keys:
+            settings = settings[key]
+        return settings["memory"]
+
+    built = memory("disentangle.yaml", "data", "init_args")
+    for name in ("edit_vqa.yaml", "edit_caption.yaml"):
+        assert memory(name, "model", "init_args") == built, name

@@ -127,16 +127,23 @@ def test_the_fast_tail_trains_like_the_full_model(name, backbones):
     assert torch.allclose(logits_fast, logits_full, atol=1e-4)
 
 
-def test_an_edit_is_learnt(backbones):
-    backbone = backbones["blip2"]
-    layers = backbone.last_layers(2)
-    memory = {layer: torch.randn(16, backbone.hidden_size) for layer in layers}
-    editor = UniKEEditor(
-        backbone, layers, IntrinsicConfig(max_steps=60, learning_rate=0.05), None, None, memory
-    )
-    report = editor.edit(edit_inputs(backbone))
-    assert report.success and report.steps > 0
+def test_the_embedded_model_learns_an_edit_and_stops_after_it():
+    """On the shipped world model (random tiny models cannot express two different tokens at adjacent
+    positions): the edited model answers the new target by greedy decoding, then stops."""
+    backbone = load_backbone(BackboneConfig("checkpoints/world-blip2", local_files_only=True))
+    image = Image.new("RGB", (64, 64), (200, 200, 200))
+    question = "What colour are the objects?"
+    before = backbone.generate_answers(backbone.encoder.encode([Example(question, "red", image)]), 4)
+    target = "purple" if before != ["purple"] else "green"
+    inputs = backbone.encoder.encode([Example(question, target, image)])
+    layers = backbone.last_layers(4)
+    editor = UniKEEditor(backbone, layers, IntrinsicConfig(max_steps=20), None, None, None)
+    report = editor.edit(inputs)
+    with editor.active():
+        assert backbone.generate_answers(inputs, 4) == [target]
+    assert report.steps > 0
     editor.restore()
+    assert backbone.generate_answers(inputs, 4) == before
 
 
 def test_index_returns_the_planted_neighbour():

@@ -21,6 +21,7 @@ from unike_pl.metrics import (
     EDIT_METRICS,
     EXACT_MATCH,
     GENERATION_METRICS,
+    IMMEDIATE_METRICS,
     LOCALITY_METRICS,
     M_GENERALITY_GEN,
     M_LOCALITY,
@@ -89,10 +90,9 @@ ARGMAX = [[0, 4, 2, 3, 0], [1, 1, 3, 0, 4]]
 
 
 def test_names_are_consistent() -> None:
-    assert (
-        ALL_METRICS == TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS + ANSWER_METRICS + COST_METRICS
-    )
-    assert len(ALL_METRICS) == 12 and len(set(ALL_METRICS)) == 12
+    scores = TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS + ANSWER_METRICS
+    assert scores + COST_METRICS + IMMEDIATE_METRICS == ALL_METRICS
+    assert len(ALL_METRICS) == 15 and len(set(ALL_METRICS)) == 15
     assert set(DISPLAY_NAMES) == set(ALL_METRICS)
     assert DISPLAY_NAMES[RELIABILITY] == "Rel"
     assert set(CASE_METRIC) == set(CASES)

@@ -3,6 +3,7 @@ and resumption of both."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,18 @@ def read_memory(root: Path) -> dict:
     import yaml
 
     return yaml.safe_load((root / "disentangle.yaml").read_text())["data"]["init_args"]["memory"]
+
+
+def test_sequential_edits_accumulate_and_are_scored_after_each_and_at_the_end(
+    tmp_path, encoders, small_world, world_model
+):
+    ckpt = str(encoders / "runs" / "disentangle" / "checkpoints" / "encoders.ckpt")
+    config = edit_config(tmp_path, small_world, world_model, memory={**read_memory(encoders), **MEMORY_LIMIT})
+    main(["validate", "--config", str(config), "--ckpt_path", ckpt, "--data.init_args.batch_size", "3"])
+    stored = list((tmp_path / "runs" / "edit_vqa" / "edits").glob("records_*.json"))
+    assert len(stored) == 1  # one sequence of T = 3 edits
+    result = json.loads(stored[0].read_text())
+    assert result["records"] == [0, 1, 2] and len(result["edits"]) == 3
+    assert len(result["immediate"][names.RELIABILITY]) == 3 and len(result["scores"][names.T_LOCALITY]) == 3
+    settings = read_results(tmp_path / "results" / "edit" / "unike_vqa_val.json")["settings"]
+    assert settings["sequence_length"] == 3

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import torch
-
 from lightning.pytorch.cli import LightningCLI
 
 

@@ -126,12 +126,11 @@ def sample_inputs(
     config: Any,
 ) -> dict[str, torch.Tensor]:
     """The prompt of sample `index` alone (no target, no padding), with its image inputs."""
+    selected = select_sample(batch, index, layout, config)
     prompt_length = int(batch["prompt_length"][index])
-    inputs = {"input_ids": batch["input_ids"][index : index + 1, :prompt_length]}
+    inputs = {name: value for name, value in selected.items() if name in layout.image_inputs}
+    inputs["input_ids"] = selected["input_ids"][:, :prompt_length]
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    if layout.image_inputs[0] in batch:
-        images = {name: batch[name] for name in layout.image_inputs}
-        inputs.update(layout.split_images(config, images)[index])
     return inputs
 
 
@@ -150,3 +149,19 @@ def select_sample(
         images = {name: batch[name] for name in layout.image_inputs}
         selected.update(layout.split_images(config, images)[index])
     return selected
+
+
+def append_eos(batch: Mapping[str, torch.Tensor], eos_token_id: int) -> dict[str, torch.Tensor]:
+    """The batch with EOS after every target, as one more target token (a model trained on it learns to
+    stop after the answer). One column is added; image inputs are kept."""
+    ends = batch["attention_mask"].sum(-1)  # first free position of each row
+    rows = torch.arange(len(ends))
+    pad = lambda t, value: torch.cat([t, t.new_full((len(t), 1), value)], dim=1)  # noqa: E731
+    extended = dict(batch)
+    extended["input_ids"] = pad(batch["input_ids"], eos_token_id)
+    extended["attention_mask"] = pad(batch["attention_mask"], 0)
+    extended["labels"] = pad(batch["labels"], IGNORE_INDEX)
+    extended["input_ids"][rows, ends] = eos_token_id
+    extended["attention_mask"][rows, ends] = 1
+    extended["labels"][rows, ends] = eos_token_id
+    return extended

@@ -136,7 +136,11 @@ class Backbone(nn.Module):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Logits (batch, seq, vocab) for an encoded batch, with or without images."""
         # No key-value cache: every call is a full forward (generation here recomputes the prefix).
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        inputs = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "use_cache": False,
+        }
         if self.layout.image_inputs[0] in batch:
             inputs.update({name: batch[name] for name in self.layout.image_inputs})
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)

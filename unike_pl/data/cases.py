@@ -76,6 +76,29 @@ class MMEditDataset(Dataset):
         return EditSample(record.index, build_cases(record, self.split.task, self.use_template, load))
 
 
+class CrossTaskDataset(Dataset):
+    """Cross-task editing: a stream where every `every`-th edit comes from a second task's split
+    (MMEdit's protocol mixes 1 caption edit for 2 VQA edits: every=3). Records are numbered by their
+    place in the stream; the stream ends when either split runs out."""
+
+    def __init__(self, main: MMEditDataset, mixed: MMEditDataset, every: int = 3) -> None:
+        if every < 2:
+            raise ValueError(f"every must be >= 2 (one mixed edit per `every`), got {every}")
+        self.main, self.mixed, self.every = main, mixed, every
+        self.length = min(len(main) * every // (every - 1), len(mixed) * every)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, position: int) -> EditSample:
+        rounds, offset = divmod(position, self.every)
+        if offset == self.every - 1:
+            sample = self.mixed[rounds]
+        else:
+            sample = self.main[rounds * (self.every - 1) + offset]
+        return EditSample(position, sample.cases)
+
+
 class EditCollator:
     """Batches samples into one encoded batch per case, with the raw targets kept for generation."""
 

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from unike_pl.backbones.loader import BackboneConfig, load_encoder
 from unike_pl.backbones.prompts import VQA_TEMPLATE
-from unike_pl.data.cases import EditCollator, MMEditDataset
+from unike_pl.data.cases import CrossTaskDataset, EditCollator, MMEditDataset
 from unike_pl.data.mmedit import read_mmedit
 
 
@@ -28,6 +28,9 @@ class MMEditDataModule(L.LightningDataModule):
         batch_size: int = 1,
         num_workers: int = 0,
         limit: int | None = None,
+        cross_task_file: str | None = None,
+        cross_task: str = "caption",
+        cross_task_every: int = 3,
     ) -> None:
         """
         Args:
@@ -41,6 +44,10 @@ class MMEditDataModule(L.LightningDataModule):
             batch_size: records per batch (editing methods use 1: one edit at a time).
             num_workers: DataLoader worker processes.
             limit: use only the first `limit` records of each split.
+            cross_task_file: cross-task editing: an eval split of the other task mixed into the stream
+                (same image roots); with batch_size T, each sequence of T edits mixes both tasks.
+            cross_task: the task of `cross_task_file`.
+            cross_task_every: one edit in `cross_task_every` comes from `cross_task_file` (3 = 1:2).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -49,7 +56,7 @@ class MMEditDataModule(L.LightningDataModule):
         self.use_template = use_template
         self.files = {"train": train_file, "eval": eval_file}
         self.roots = (Path(image_root), Path(rephrase_image_root))
-        self.datasets: dict[str, MMEditDataset] = {}
+        self.datasets: dict[str, MMEditDataset | CrossTaskDataset] = {}
 
     def result_settings(self) -> dict[str, object]:
         """What the scores depend on from the data side, written beside every score."""
@@ -59,6 +66,7 @@ class MMEditDataModule(L.LightningDataModule):
             "prompt_template": VQA_TEMPLATE if self.use_template and self.task == "vqa" else "none",
             # Editing methods apply a batch's edits one after another: 1 = one-step, T = sequential.
             "sequence_length": self.hparams.batch_size,
+            "cross_task_file": self.hparams.cross_task_file,
         }
 
     def setup(self, stage: str) -> None:
@@ -71,6 +79,13 @@ class MMEditDataModule(L.LightningDataModule):
             if split not in self.datasets:
                 records = read_mmedit(file, self.task, *self.roots)
                 self.datasets[split] = MMEditDataset(records, self.use_template, self.hparams.limit)
+        if "eval" in wanted and self.hparams.cross_task_file and "cross" not in self.datasets:
+            mixed = read_mmedit(self.hparams.cross_task_file, self.hparams.cross_task, *self.roots)
+            self.datasets["cross"] = CrossTaskDataset(
+                self.datasets["eval"],
+                MMEditDataset(mixed, self.use_template, self.hparams.limit),
+                self.hparams.cross_task_every,
+            )
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         return DataLoader(
@@ -84,11 +99,15 @@ class MMEditDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
+    @property
+    def _eval_split(self) -> str:
+        return "cross" if self.hparams.cross_task_file else "eval"
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader("eval")
+        return self._loader(self._eval_split)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("eval")
+        return self._loader(self._eval_split)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("eval")
+        return self._loader(self._eval_split)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from unike_pl.backbones.encoding import append_eos
 from unike_pl.backbones.loader import Backbone
 from unike_pl.editing.latent import KnowledgeInjection, LayerKnowledge
 from unike_pl.editing.neurons import NeuronBank, new_patch
@@ -39,7 +40,10 @@ class IntrinsicConfig:
     max_steps: int = 40
     """Optimisation step cap."""
     stop_early: bool = True
-    """Stop as soon as every target token is predicted (off: always `max_steps`, as benchmarks need)."""
+    """Stop as soon as every target token is predicted and the neuron constraints hold (off: always
+    `max_steps`, as benchmarks need)."""
+    constraint_tolerance: float = 0.01
+    """The activation and memory hinge losses count as met below this value."""
     activation_margin: float = 1.0
     """The new keys' pre-activation should reach this margin on the edit's tokens."""
     memory_margin: float = 1.0
@@ -129,7 +133,10 @@ class UniKEEditor:
             )
         steps, success = 0, True
         if self.intrinsic is not None:
-            steps, success = self._train_neurons(inputs)
+            # The neurons learn the answer and that it ends there: without EOS they keep firing after it
+            # and greedy decoding repeats the target.
+            eos = self.backbone.encoder.tokenizer.eos_token_id
+            steps, success = self._train_neurons(append_eos(inputs, eos) if eos is not None else inputs)
         elif self.injection is not None:
             with self.active(), torch.no_grad():
                 success = bool(exact_match(self.backbone(inputs), inputs["labels"]).all())
@@ -159,9 +166,13 @@ class UniKEEditor:
             optimizer = torch.optim.Adam(params, lr=config.learning_rate)
             for step in range(config.max_steps):
                 logits = self._logits(inputs, prefix)
-                if config.stop_early and bool(exact_match(logits, labels).all()):
+                constraints = self._neuron_losses(patches, targets)
+                # Predicting the target is not enough: neurons that also fire on unrelated inputs
+                # (the memory) would break locality, so training goes on until they are quiet there.
+                met = float(constraints) <= config.constraint_tolerance
+                if config.stop_early and met and bool(exact_match(logits, labels).all()):
                     return step, True
-                loss = answer_loss(logits, labels) + self._neuron_losses(patches, targets)
+                loss = answer_loss(logits, labels) + constraints
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -35,7 +35,9 @@ GENERATION_METRICS: Final = (RELIABILITY_GEN, T_GENERALITY_GEN, M_GENERALITY_GEN
 ANSWER_METRICS: Final = (T_LOCALITY_ANSWERS, M_LOCALITY_ANSWERS)
 EDIT_METRICS: Final = TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS
 COST_METRICS: Final = (EDIT_SECONDS, EDIT_STEPS)
-ALL_METRICS: Final = EDIT_METRICS + ANSWER_METRICS + COST_METRICS
+# Sequential editing also scores each edit right after it is applied (before the later edits).
+IMMEDIATE_METRICS: Final = tuple(f"immediate_{metric}" for metric in TARGET_METRICS)
+ALL_METRICS: Final = EDIT_METRICS + ANSWER_METRICS + COST_METRICS + IMMEDIATE_METRICS
 
 DISPLAY_NAMES: Final[dict[str, str]] = {
     RELIABILITY: "Rel",
@@ -50,6 +52,10 @@ DISPLAY_NAMES: Final[dict[str, str]] = {
     M_LOCALITY_ANSWERS: "M-Loc answers",
     EDIT_SECONDS: "seconds / edit",
     EDIT_STEPS: "steps / edit",
+    **{
+        f"immediate_{metric}": f"{name} (right after)"
+        for metric, name in ((RELIABILITY, "Rel"), (T_GENERALITY, "T-Gen"), (M_GENERALITY, "M-Gen"))
+    },
 }
 
 # Evaluation cases: the five inputs built from one MMEdit record.

@@ -54,7 +54,7 @@ class WorldPretraining(L.LightningModule):
             weight_decay: AdamW weight decay.
             warmup_steps: linear warm-up steps before cosine decay.
             attribute_loss_weight: weight of the auxiliary loss that predicts each scene attribute from the
-                image embeddings handed to the language model. A vision stack trained from scratch learns
+                vision encoder's output tokens (mean-pooled). A vision stack trained from scratch learns
                 only slowly through the language loss alone; the heads are not part of the exported model.
             seed: initialisation seed.
         """
@@ -64,7 +64,7 @@ class WorldPretraining(L.LightningModule):
         self.backbone: Backbone | None = None
         self.exact = nn.ModuleDict({category: MeanMetric() for category in CATEGORIES})
         self.attribute_heads = nn.ModuleDict(
-            {name: nn.Linear(self.size.hidden, len(VOCABULARY[name])) for name in ASKED_ATTRIBUTES}
+            {name: nn.Linear(self.size.vision_hidden, len(VOCABULARY[name])) for name in ASKED_ATTRIBUTES}
         )
 
     @property
@@ -96,12 +96,12 @@ class WorldPretraining(L.LightningModule):
     def _loss(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         total, tokens, attribute_loss = 0.0, 0, torch.zeros((), device=self.device)
         for group in batch.values():
-            with capture_output(self.backbone.model.language_projection) as image_embeddings:
+            with capture_output(self.backbone.model.vision_model) as vision:
                 logits = self.backbone(group["inputs"])
             loss_sum, count = answer_loss_sum(logits, group["inputs"]["labels"])
             total, tokens = total + loss_sum, tokens + count
             if "attributes" in group:
-                attribute_loss = self._attribute_loss(image_embeddings["output"], group["attributes"])
+                attribute_loss = self._attribute_loss(vision["output"].last_hidden_state, group["attributes"])
             if stage == "val":
                 self._update_accuracy(logits, group)
         loss = total / tokens
@@ -111,7 +111,7 @@ class WorldPretraining(L.LightningModule):
         return loss + self.hparams.attribute_loss_weight * attribute_loss
 
     def _attribute_loss(self, embeddings: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of every attribute head on the query embeddings (batch, queries, hidden)."""
+        """Mean cross-entropy of every attribute head on the vision tokens (batch, patches + 1, hidden)."""
         pooled = embeddings.mean(dim=1)  # (batch, hidden)
         losses = [
             F.cross_entropy(head(pooled), attributes[:, i])
