@@ -169,7 +169,7 @@ class UniKEEditor:
                 constraints = self._neuron_losses(patches, targets)
                 # Predicting the target is not enough: neurons that also fire on unrelated inputs
                 # (the memory) would break locality, so training goes on until they are quiet there.
-                met = float(constraints) <= config.constraint_tolerance
+                met = float(constraints.detach()) <= config.constraint_tolerance
                 if config.stop_early and met and bool(exact_match(logits, labels).all()):
                     return step, True
                 loss = answer_loss(logits, labels) + constraints
