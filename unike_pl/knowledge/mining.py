@@ -16,16 +16,16 @@ from unike_pl.metrics.scorers import exact_match, normalize_answer
 
 
 @torch.no_grad()
-def extract_states(
+def run_with_states(
     backbone: Backbone, layers: Sequence[int], encoded: Mapping[str, torch.Tensor]
-) -> dict[int, dict[str, torch.Tensor]]:
-    """Per layer: `sem` and `ffn` at the last prompt token, `last` at the last token of prompt + target,
-    for an encoded batch of prompts + targets."""
+) -> tuple[torch.Tensor, dict[int, dict[str, torch.Tensor]]]:
+    """Logits of an encoded batch of prompts + targets and, per layer, its states: `sem` and `ffn` at the
+    last prompt token, `last` at the last token of prompt + target."""
     with layer_inputs(backbone, layers) as captured:
-        backbone(encoded)
+        logits = backbone(encoded)
     question_end = encoded["prompt_length"] - 1
     sequence_end = encoded["attention_mask"].sum(-1) - 1
-    return {
+    states = {
         layer: {
             "sem": at_positions(captured["attention"][layer], question_end).float().cpu(),
             "last": at_positions(captured["attention"][layer], sequence_end).float().cpu(),
@@ -33,13 +33,26 @@ def extract_states(
         }
         for layer in layers
     }
+    return logits, states
+
+
+def extract_states(
+    backbone: Backbone, layers: Sequence[int], encoded: Mapping[str, torch.Tensor]
+) -> dict[int, dict[str, torch.Tensor]]:
+    """The states of `run_with_states`, without the logits."""
+    return run_with_states(backbone, layers, encoded)[1]
 
 
 @torch.no_grad()
-def wrong_answers(backbone: Backbone, examples: Sequence[Example], max_new_tokens: int) -> list[str | None]:
-    """The model's greedy answer where it does not produce the example's target, else None."""
-    encoded = backbone.encoder.encode(examples)
-    right = exact_match(backbone(encoded), encoded["labels"]).bool().tolist()
+def wrong_answers(
+    backbone: Backbone,
+    examples: Sequence[Example],
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    max_new_tokens: int,
+) -> list[str | None]:
+    """The model's greedy answer where its `logits` on the examples miss their target, else None."""
+    right = exact_match(logits, labels).bool().tolist()
     wrong = [i for i, ok in enumerate(right) if not ok]
     answers: list[str | None] = [None] * len(examples)
     if wrong:
@@ -67,22 +80,24 @@ def mine_memory(
     }
     for case in names.CASES:
         examples = [sample.cases[case] for sample in samples]
-        negatives = wrong_answers(backbone, examples, max_new_tokens)
-        kept = [
-            (s, ex, neg) for s, ex, neg in zip(samples, examples, negatives, strict=True) if neg is not None
-        ]
-        if not kept:
+        encoded = backbone.encoder.encode(examples)
+        # One forward both checks the answers and reads the positive states (Q + A_pos is the input).
+        logits, positive = run_with_states(backbone, layers, encoded)
+        negatives = wrong_answers(backbone, examples, logits, encoded["labels"], max_new_tokens)
+        rows = [i for i, neg in enumerate(negatives) if neg is not None]
+        if not rows:
             continue
-        encode = backbone.encoder.encode
-        positive = extract_states(backbone, layers, encode([ex for _, ex, _ in kept]))
+        kept = [(samples[i], examples[i], negatives[i]) for i in rows]
         negative = extract_states(
-            backbone, layers, encode([Example(ex.prompt, neg, ex.image) for _, ex, neg in kept])
+            backbone,
+            layers,
+            backbone.encoder.encode([Example(ex.prompt, neg, ex.image) for _, ex, neg in kept]),
         )
         for layer in layers:
-            states[layer]["sem"].append(positive[layer]["sem"])
-            states[layer]["pos"].append(positive[layer]["last"])
+            states[layer]["sem"].append(positive[layer]["sem"][rows])
+            states[layer]["pos"].append(positive[layer]["last"][rows])
             states[layer]["neg"].append(negative[layer]["last"])
-            states[layer]["ffn"].append(positive[layer]["ffn"])
+            states[layer]["ffn"].append(positive[layer]["ffn"][rows])
         triplets += [Triplet(file, s.record, case, ex.prompt, ex.target, neg) for s, ex, neg in kept]
     hidden = backbone.hidden_size
     return KnowledgeMemory(
