@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.helpers import TINY, shipped_config, write_config
 from unike_pl.backbones.factory import ModelSize
@@ -124,8 +125,6 @@ def test_intrinsic_only_runs_without_encoders(tmp_path, encoders, small_world, w
 
 def read_memory(root: Path) -> dict:
     """The memory settings of the disentangle run (same cache, so edits reuse its memory)."""
-    import yaml
-
     return yaml.safe_load((root / "disentangle.yaml").read_text())["data"]["init_args"]["memory"]
 
 

@@ -123,10 +123,10 @@ class Backbone(nn.Module):
         return self.model.get_submodule(self.layout.lm_head)(hidden)
 
     @contextmanager
-    def reading(self, batch: Mapping[str, torch.Tensor]) -> Iterator[None]:
-        """Publish the batch's prompt lengths while it runs: hooks that act on "the last input token"
+    def reading(self, prompt_lengths: torch.Tensor | None) -> Iterator[None]:
+        """Publish a batch's prompt lengths while it runs: hooks that act on "the last input token"
         (the last prompt token, whose state sums up the question) read `prompt_lengths`."""
-        previous, self.prompt_lengths = self.prompt_lengths, batch.get("prompt_length")
+        previous, self.prompt_lengths = self.prompt_lengths, prompt_lengths
         try:
             yield
         finally:
@@ -147,7 +147,7 @@ class Backbone(nn.Module):
             module = self.model
         else:
             module = self.model.get_submodule(self.layout.text_forward)
-        with self.reading(batch):
+        with self.reading(batch.get("prompt_length")):
             return module(**inputs).logits
 
     @torch.no_grad()

@@ -32,10 +32,6 @@ class NeuronPatch(nn.Module):
         self.value_shift: Callable[[], torch.Tensor] | None = None
         """Returns a (output,) vector added to every value row (UniKE's β·ζ'); None adds nothing."""
 
-    @property
-    def count(self) -> int:
-        return self.keys.shape[0]
-
     def init_keys(self, query: torch.Tensor, noise: float, generator: torch.Generator | None = None) -> None:
         """Point every key at `query` (hidden,), the edit's FFN input, so the new neurons fire on it."""
         with torch.no_grad():

@@ -61,7 +61,7 @@ class TailRunner:
     def logits(self, state: PrefixState) -> torch.Tensor:
         """Logits (batch, seq, vocab) through the tail layers, with every hook on them active."""
         hidden = state.hidden
-        with self.backbone.reading({"prompt_length": state.prompt_lengths}):
+        with self.backbone.reading(state.prompt_lengths):
             for layer in self.backbone.layers[self.first :]:
                 output = layer(hidden, **state.kwargs)
                 hidden = output[0] if isinstance(output, tuple) else output

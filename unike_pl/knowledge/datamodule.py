@@ -16,7 +16,6 @@ from unike_pl.backbones.fingerprint import backbone_fingerprint
 from unike_pl.backbones.loader import BackboneConfig, load_backbone
 from unike_pl.data.cases import MMEditDataset
 from unike_pl.data.mmedit import read_mmedit
-from unike_pl.knowledge.index import CosineIndex
 from unike_pl.knowledge.memory import STATE_KINDS, KnowledgeMemory
 from unike_pl.knowledge.mining import mine_memory
 
@@ -107,7 +106,8 @@ class TripletStates(Dataset):
 
 
 class KnowledgeMemoryDataModule(L.LightningDataModule):
-    """`prepare_data` builds the memory with the base model; `setup` indexes it and splits its triplets."""
+    """`prepare_data` builds the memory with the base model; `setup` loads it and splits its triplets.
+    (Editing indexes the memory with FAISS when it starts: see `KnowledgeInjection`.)"""
 
     def __init__(
         self,
@@ -130,7 +130,6 @@ class KnowledgeMemoryDataModule(L.LightningDataModule):
         self.backbone_config = backbone
         self.memory_config = memory
         self.memory: KnowledgeMemory | None = None
-        self.indexes: dict[int, CosineIndex] = {}
 
     def prepare_data(self) -> None:
         build_memory(self.backbone_config, self.memory_config)
@@ -139,7 +138,6 @@ class KnowledgeMemoryDataModule(L.LightningDataModule):
         if self.memory is not None:
             return
         self.memory = load_memory(self.backbone_config, self.memory_config)
-        self.indexes = {layer: CosineIndex(self.memory.states[layer]["sem"]) for layer in self.memory.layers}
         order = torch.randperm(len(self.memory), generator=torch.Generator().manual_seed(self.hparams.seed))
         held_out = max(1, int(len(order) * self.hparams.val_fraction))
         self.splits = {

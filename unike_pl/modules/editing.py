@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -80,13 +81,11 @@ class EditingModule(BackboneModule):
             self.scoring.target_scorer, self.scoring.locality_scorer, self.scoring.generation
         )
         self.metrics = nn.ModuleDict({stage: metrics.clone(prefix=f"{stage}/") for stage in STAGES})
+        immediate = MetricCollection(
+            {key: SampleMean() for key in names.TARGET_METRICS}, compute_groups=False
+        )
         self.immediate = nn.ModuleDict(
-            {
-                stage: MetricCollection(
-                    {key: SampleMean() for key in names.TARGET_METRICS}, compute_groups=False
-                )
-                for stage in STAGES
-            }
+            {stage: immediate.clone(prefix=f"{stage}/immediate_") for stage in STAGES}
         )
         self.cost = nn.ModuleDict(
             {stage: nn.ModuleDict({key: MeanMetric() for key in names.COST_METRICS}) for stage in STAGES}
@@ -160,7 +159,7 @@ class EditingModule(BackboneModule):
                 reports.append(vars(report))
                 if len(batch["record"]) > 1:
                     with editor.active():
-                        scores = target_scores(self.mllm, single, _without_generation(self.scoring))
+                        scores = target_scores(self.mllm, single, replace(self.scoring, generation=False))
                     for key in names.TARGET_METRICS:
                         immediate[key].append(scores[key])
             with editor.active():
@@ -190,10 +189,7 @@ class EditingModule(BackboneModule):
             self.cost[stage][names.EDIT_STEPS].update(report["steps"])
         self.log_dict(self.metrics[stage], batch_size=len(records))
         if immediate:
-            self.log_dict(
-                {f"{stage}/immediate_{k}": m for k, m in self.immediate[stage].items()},
-                batch_size=len(records),
-            )
+            self.log_dict(self.immediate[stage], batch_size=len(records))
         for key, metric in self.cost[stage].items():
             self.log(f"{stage}/{key}", metric, batch_size=len(records))
 
@@ -212,7 +208,3 @@ class EditingModule(BackboneModule):
             "edited_layers": self.memory_config.edited_layers,
             "fast_tail": self.hparams.fast_tail,
         }
-
-
-def _without_generation(scoring: ScoringConfig) -> ScoringConfig:
-    return ScoringConfig(scoring.target_scorer, scoring.locality_scorer, False, scoring.max_new_tokens)
