@@ -15,6 +15,7 @@ import torch
 from torchmetrics import MetricCollection
 
 from unike_pl.backbones.loader import Backbone
+from unike_pl.editing.base import AnsweringModel
 from unike_pl.metrics import names
 from unike_pl.metrics.scorers import generation_match, locality_scores, target_scorer, top_k_predictions
 
@@ -56,15 +57,15 @@ def pre_edit_predictions(
 
 
 @torch.no_grad()
-def target_scores(backbone: Backbone, batch: Mapping[str, Any], scoring: ScoringConfig) -> Scores:
+def target_scores(model: AnsweringModel, batch: Mapping[str, Any], scoring: ScoringConfig) -> Scores:
     """Rel / T-Gen / M-Gen (and their generation accuracies) of every sample."""
     scorer = target_scorer(scoring.target_scorer)
     scores: Scores = {}
     for case in names.TARGET_CASES:
         encoded = batch["cases"][case]
-        scores[names.CASE_METRIC[case]] = scorer(backbone(encoded), encoded["labels"]).float().cpu()
+        scores[names.CASE_METRIC[case]] = scorer(model(encoded), encoded["labels"]).float().cpu()
         if scoring.generation:
-            answers = backbone.generate_answers(encoded, scoring.max_new_tokens)
+            answers = model.generate_answers(encoded, scoring.max_new_tokens)
             scores[names.CASE_GENERATION_METRIC[case]] = generation_match(
                 answers, batch["targets"][case]
             ).float()
@@ -73,7 +74,10 @@ def target_scores(backbone: Backbone, batch: Mapping[str, Any], scoring: Scoring
 
 @torch.no_grad()
 def locality_scores_after_edit(
-    backbone: Backbone, batch: Mapping[str, Any], scoring: ScoringConfig, pre_topk: Mapping[str, torch.Tensor]
+    model: AnsweringModel,
+    batch: Mapping[str, Any],
+    scoring: ScoringConfig,
+    pre_topk: Mapping[str, torch.Tensor],
 ) -> Scores:
     """T-Loc / M-Loc of every sample: post-edit predictions against the cached pre-edit ones."""
     scores: Scores = {}
@@ -83,7 +87,7 @@ def locality_scores_after_edit(
         scores[metric] = (
             locality_scores(
                 scoring.locality_scorer,
-                backbone(encoded),
+                model(encoded),
                 pre_topk[case],
                 encoded["labels"],
                 encoded["attention_mask"],

@@ -7,7 +7,7 @@ Hugging Face causal LMs. Sequences are right-padded; `prompt_length` marks where
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,8 @@ from unike_pl.backbones.layouts import MLLMLayout
 from unike_pl.backbones.prompts import PromptFormat
 
 IGNORE_INDEX = -100
+EXAMPLES = "examples"
+"""Key of an encoded batch that keeps its source `Example`s, for methods that re-encode the inputs (IKE)."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,23 @@ class Example:
     prompt: str
     target: str
     image: Image.Image | None = None
+
+
+class KeptExamples:
+    """The source examples of an encoded batch. Not a `Sequence` on purpose: device transfers (Lightning's
+    `apply_to_collection`) leave it alone instead of trying to rebuild its frozen examples."""
+
+    def __init__(self, examples: Sequence[Example]) -> None:
+        self.items = tuple(examples)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Example]:
+        return iter(self.items)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return KeptExamples(self.items[index]) if isinstance(index, slice) else self.items[index]
 
 
 class PromptEncoder:
@@ -49,11 +68,14 @@ class PromptEncoder:
             raise ValueError("the tokenizer has neither a pad nor an EOS token to pad with")
         self.pad_token_id = int(pad)
 
-    def encode(self, examples: Sequence[Example], end_with_eos: bool = False) -> dict[str, torch.Tensor]:
+    def encode(
+        self, examples: Sequence[Example], end_with_eos: bool = False, keep_examples: bool = False
+    ) -> dict[str, Any]:
         """Encode a batch whose examples either all carry an image or none does.
 
         `end_with_eos` appends EOS to every target (as a label too): training data that teaches a model
         to stop after its answer. Scoring never uses it: scored labels are the target's tokens only.
+        `keep_examples` keeps the examples under `EXAMPLES`, for methods that rewrite the inputs.
         """
         if not examples:
             raise ValueError("cannot encode an empty batch")
@@ -66,7 +88,10 @@ class PromptEncoder:
             image_inputs = self.process_images([ex.image for ex in examples])  # type: ignore[misc]
             counts = self.layout.image_token_counts(self.config, image_inputs)
         rows = [self._encode_one(ex, count, end_with_eos) for ex, count in zip(examples, counts, strict=True)]
-        return {**self._pad(rows), **image_inputs}
+        encoded: dict[str, Any] = {**self._pad(rows), **image_inputs}
+        if keep_examples:
+            encoded[EXAMPLES] = KeptExamples(examples)
+        return encoded
 
     def process_images(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         processed = self.image_processor(images=list(images), return_tensors="pt")
@@ -145,6 +170,8 @@ def select_sample(
     selected = {
         name: batch[name][rows] for name in ("input_ids", "attention_mask", "labels", "prompt_length")
     }
+    if EXAMPLES in batch:
+        selected[EXAMPLES] = batch[EXAMPLES][rows]
     if layout.image_inputs[0] in batch:
         images = {name: batch[name] for name in layout.image_inputs}
         selected.update(layout.split_images(config, images)[index])

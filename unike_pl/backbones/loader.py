@@ -92,6 +92,11 @@ class Backbone(nn.Module):
     def hidden_size(self) -> int:
         return int(self.language_model.config.hidden_size)
 
+    @property
+    def max_positions(self) -> int:
+        """Longest sequence (image tokens included) the language model takes."""
+        return int(self.language_model.config.max_position_embeddings)
+
     def last_layers(self, count: int) -> list[int]:
         """Indices of the last `count` decoder layers (UniKE edits the last 4)."""
         if not 0 < count <= self.num_layers:

@@ -108,7 +108,10 @@ class EditCollator:
     def __call__(self, samples: Sequence[EditSample]) -> dict[str, Any]:
         return {
             "record": torch.tensor([s.record for s in samples]),
-            "cases": {case: self.encoder.encode([s.cases[case] for s in samples]) for case in names.CASES},
+            "cases": {
+                case: self.encoder.encode([s.cases[case] for s in samples], keep_examples=True)
+                for case in names.CASES
+            },
             "targets": {case: [s.cases[case].target for s in samples] for case in names.CASES},
         }
 

@@ -1,8 +1,11 @@
 """UniKE's editor: intrinsic neurons and latent knowledge in the same last layers, tied by the encoders.
 
 Method variants are configurations of one editor:
+    T-Patcher             intrinsic=IntrinsicConfig(neurons=1, layers=1, beta=0), nothing else
     intrinsic only        intrinsic=IntrinsicConfig(beta=0), latent=None
+    IKE                   in-context knowledge (demonstrations + the new fact in the prompt) only
     latent IKE only       intrinsic=None, latent=LatentConfig(alpha=<fixed>)
+    intrinsic + IKE       intrinsic=IntrinsicConfig(beta=0) and in-context knowledge
     both, no collaboration intrinsic=IntrinsicConfig(beta=0), latent=LatentConfig(alpha=<fixed>)
     UniKE                 intrinsic=IntrinsicConfig(beta>0), latent=LatentConfig(alpha=None)
 Nothing of the base model changes: an edit adds patches and knowledge, `restore` drops them all.
@@ -14,12 +17,15 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from unike_pl.backbones.encoding import append_eos
+from unike_pl.backbones.encoding import EXAMPLES, append_eos
 from unike_pl.backbones.loader import Backbone
+from unike_pl.editing.base import AnsweringModel, Editor, EditReport
+from unike_pl.editing.context import ContextView, InContextKnowledge
 from unike_pl.editing.latent import KnowledgeInjection, LayerKnowledge
 from unike_pl.editing.neurons import NeuronBank, new_patch
 from unike_pl.editing.tail import TailRunner
@@ -54,6 +60,8 @@ class IntrinsicConfig:
     """Relative jitter between the new keys (identical keys would stay identical)."""
     beta: float = 0.0
     """β of the value regulation W_V^x + β·Wζ (UniKE's truthfulness collaboration); 0 turns it off."""
+    layers: int | None = None
+    """Neurons go into the last `layers` of the edited layers only (T-Patcher: 1); None: all of them."""
 
 
 class TruthShift(nn.Module):
@@ -69,15 +77,7 @@ class TruthShift(nn.Module):
         return self.beta * (self.map @ self.zeta)
 
 
-@dataclass
-class EditReport:
-    steps: int
-    seconds: float
-    success: bool
-    """Whether every target token of the edit input was predicted when training stopped."""
-
-
-class UniKEEditor:
+class UniKEEditor(Editor):
     """Applies edits to a frozen backbone (the last `layers`), keeps them while `active`, restores it."""
 
     def __init__(
@@ -90,9 +90,10 @@ class UniKEEditor:
         ffn_memory: Mapping[int, torch.Tensor] | None,
         fast_tail: bool = True,
         seed: int = 0,
+        in_context: InContextKnowledge | None = None,
     ) -> None:
-        if intrinsic is None and injection is None:
-            raise ValueError("an editor needs intrinsic neurons, latent knowledge, or both")
+        if intrinsic is None and injection is None and in_context is None:
+            raise ValueError("an editor needs intrinsic neurons, latent or in-context knowledge")
         if intrinsic is not None and intrinsic.beta > 0 and encoders is None:
             raise ValueError("beta > 0 regulates values with ζ, which needs trained encoders")
         self.backbone = backbone
@@ -100,11 +101,15 @@ class UniKEEditor:
         self.intrinsic = intrinsic
         self.injection = injection
         self.encoders = encoders
+        self.in_context = in_context
+        self.neuron_layers = (
+            self.layers[-intrinsic.layers :] if intrinsic and intrinsic.layers else self.layers
+        )
         self.ffn_memory = {
             layer: states.to(backbone.model.device) for layer, states in (ffn_memory or {}).items()
         }
         self.bank = NeuronBank(backbone)
-        self.tail = TailRunner(backbone, min(self.layers)) if fast_tail else None
+        self.tail = TailRunner(backbone, min(self.neuron_layers)) if fast_tail else None
         self.generator = torch.Generator().manual_seed(seed)
 
     @contextmanager
@@ -116,15 +121,24 @@ class UniKEEditor:
                 stack.enter_context(self.injection.attached())
             yield
 
+    @contextmanager
+    def answering(self) -> Iterator[AnsweringModel]:
+        with self.active():
+            yield self.backbone if self.in_context is None else ContextView(self.backbone, self.in_context)
+
     def restore(self) -> None:
         """Drop every edit: the backbone is exactly what it was before the first one."""
         self.bank.clear()
         if self.injection is not None:
             self.injection.clear()
+        if self.in_context is not None:
+            self.in_context.clear()
 
-    def edit(self, inputs: Mapping[str, torch.Tensor]) -> EditReport:
+    def edit(self, inputs: Mapping[str, Any]) -> EditReport:
         """Apply one edit; `inputs` is the encoded edit example (a batch of one: image, prompt, target)."""
         start = time.perf_counter()
+        if self.in_context is not None:
+            self.in_context.add(inputs[EXAMPLES][0])
         if self.injection is not None:
             # The edit's own fact joins the knowledge memory, read by the unedited model like the rest.
             states = extract_states(self.backbone, self.layers, inputs)
@@ -137,9 +151,9 @@ class UniKEEditor:
             # and greedy decoding repeats the target.
             eos = self.backbone.encoder.tokenizer.eos_token_id
             steps, success = self._train_neurons(append_eos(inputs, eos) if eos is not None else inputs)
-        elif self.injection is not None:
-            with self.active(), torch.no_grad():
-                success = bool(exact_match(self.backbone(inputs), inputs["labels"]).all())
+        else:
+            with self.answering() as model, torch.no_grad():
+                success = bool(exact_match(model(inputs), inputs["labels"]).all())
         return EditReport(steps, time.perf_counter() - start, success)
 
     def _logits(self, inputs: Mapping[str, torch.Tensor], prefix: object) -> torch.Tensor:
@@ -147,7 +161,7 @@ class UniKEEditor:
 
     def _train_neurons(self, inputs: Mapping[str, torch.Tensor]) -> tuple[int, bool]:
         config = self.intrinsic
-        patches = {layer: new_patch(self.backbone, layer, config.neurons) for layer in self.layers}
+        patches = {layer: new_patch(self.backbone, layer, config.neurons) for layer in self.neuron_layers}
         for layer, patch in patches.items():
             if config.beta > 0:
                 zeta = self.encoders.truthful_direction(layer).to(patch.values.device)

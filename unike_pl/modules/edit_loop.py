@@ -1,0 +1,139 @@
+"""The editing loop shared by every method: edits applied and scored inside Lightning's validate/test."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+
+from unike_pl.backbones.loader import BackboneConfig
+from unike_pl.data.cases import select_record
+from unike_pl.editing.base import Editor
+from unike_pl.editing.store import EditResultStore, as_tensors
+from unike_pl.metrics import names
+from unike_pl.metrics.editing import SampleMean, build_editing_metrics
+from unike_pl.modules.backbone_module import BackboneModule
+from unike_pl.scoring import (
+    Scores,
+    ScoringConfig,
+    add_scores,
+    locality_scores_after_edit,
+    pre_edit_predictions,
+    target_scores,
+)
+
+STAGES = ("val", "test")
+
+
+class EditingLoop(BackboneModule):
+    """`validate`/`test` over an MMEdit split: each batch is one edit (batch_size 1, one-step editing) or
+    a sequence of T edits applied one after another and scored together (batch_size T, sequential).
+
+    A method subclasses this and builds its `Editor` in `build_editor`. Configs must set
+    `trainer.inference_mode: false`, since most methods optimise inside the validation loop.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneConfig,
+        scoring: ScoringConfig | None = None,
+        edits_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(backbone)
+        self.scoring = scoring or ScoringConfig()
+        self.editor: Editor | None = None
+        self.store: EditResultStore | None = None
+        metrics = build_editing_metrics(
+            self.scoring.target_scorer, self.scoring.locality_scorer, self.scoring.generation
+        )
+        self.metrics = nn.ModuleDict({stage: metrics.clone(prefix=f"{stage}/") for stage in STAGES})
+        immediate = MetricCollection(
+            {key: SampleMean() for key in names.TARGET_METRICS}, compute_groups=False
+        )
+        self.immediate = nn.ModuleDict(
+            {stage: immediate.clone(prefix=f"{stage}/immediate_") for stage in STAGES}
+        )
+        self.cost = nn.ModuleDict(
+            {stage: nn.ModuleDict({key: MeanMetric() for key in names.COST_METRICS}) for stage in STAGES}
+        )
+
+    @abstractmethod
+    def build_editor(self) -> Editor:
+        """The method's editor over `self.mllm`, built when validate/test starts."""
+
+    @abstractmethod
+    def method_settings(self) -> dict[str, Any]:
+        """The method's settings, recorded beside every score and checked by the per-edit store."""
+
+    def _start(self) -> None:
+        self.editor = self.build_editor()
+        if self.hparams.get("edits_dir") is not None:
+            settings = {**self.result_settings(), **self.trainer.datamodule.result_settings()}
+            self.store = EditResultStore(self.hparams.edits_dir, settings)
+
+    def on_validation_start(self) -> None:
+        self._start()
+
+    def on_test_start(self) -> None:
+        self._start()
+
+    def _edit_batch(self, batch: dict[str, Any]) -> tuple[Scores, Scores, list[dict[str, Any]]]:
+        """Apply the batch's edits in order, score each right after it and all of them at the end."""
+        editor, encoder = self.editor, self.mllm.encoder
+        pre_topk = pre_edit_predictions(self.mllm, batch["cases"])
+        immediate: dict[str, list[torch.Tensor]] = {key: [] for key in names.TARGET_METRICS}
+        reports = []
+        try:
+            for index in range(len(batch["record"])):
+                single = select_record(batch, index, encoder)
+                report = editor.edit(single["cases"][names.EDIT])
+                reports.append(vars(report))
+                if len(batch["record"]) > 1:
+                    with editor.answering() as model:
+                        scores = target_scores(model, single, replace(self.scoring, generation=False))
+                    for key in names.TARGET_METRICS:
+                        immediate[key].append(scores[key])
+            with editor.answering() as model:
+                final = target_scores(model, batch, self.scoring)
+                final.update(locality_scores_after_edit(model, batch, self.scoring, pre_topk))
+        finally:
+            editor.restore()
+        return final, {k: torch.cat(v) for k, v in immediate.items() if v}, reports
+
+    def _step(self, batch: dict[str, Any], stage: str) -> None:
+        records = batch["record"].tolist()
+        stored = self.store.load(records) if self.store is not None else None
+        if stored is None:
+            final, immediate, reports = self._edit_batch(batch)
+            if self.store is not None:
+                self.store.save(records, final, reports, immediate)
+        else:
+            final, immediate, reports = (
+                as_tensors(stored["scores"]),
+                as_tensors(stored["immediate"]),
+                stored["edits"],
+            )
+        add_scores(self.metrics[stage], final)
+        add_scores(self.immediate[stage], immediate)
+        for report in reports:
+            self.cost[stage][names.EDIT_SECONDS].update(report["seconds"])
+            self.cost[stage][names.EDIT_STEPS].update(report["steps"])
+        self.log_dict(self.metrics[stage], batch_size=len(records))
+        if immediate:
+            self.log_dict(self.immediate[stage], batch_size=len(records))
+        for key, metric in self.cost[stage].items():
+            self.log(f"{stage}/{key}", metric, batch_size=len(records))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def result_settings(self) -> dict[str, Any]:
+        return {**super().result_settings(), **self.scoring.settings(), **self.method_settings()}
