@@ -99,7 +99,8 @@ def demonstration_texts(config: ContextConfig) -> list[str]:
         Path(config.rephrase_image_root),
         check_images=False,
     )
-    return [fact_text(r.src, r.alt) + f"Prompt: {r.rephrase} {r.alt}\n" for r in split.records]
+    texts = (fact_text(r.src, r.alt) + f"Prompt: {r.rephrase} {r.alt}\n" for r in split.records)
+    return list(dict.fromkeys(texts))  # records that say the same thing demonstrate it once
 
 
 class InContextKnowledge:

@@ -1,0 +1,152 @@
+"""The comparison plan: every method × protocol as a composed `validate` config, and the fits they need.
+
+A comparison config names a base editing config (trainer, data, backbone, scoring), the protocols (data
+settings), the methods (model settings, optionally taken from another config, and the checkpoint they edit
+with) and the fits that produce those checkpoints. Each run's composed config is written to its own
+folder, so any cell of the table can be rerun alone with `python -m unike_pl validate --config ...`.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ComparisonConfigError(ValueError):
+    """A comparison config that cannot be run; the message names the file and the entry."""
+
+
+@dataclass(frozen=True)
+class Prerequisite:
+    config: str
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class Run:
+    method: str
+    protocol: str
+    folder: Path
+    config: dict[str, Any]
+    ckpt_path: str | None
+
+    @property
+    def result_file(self) -> Path:
+        return self.folder / "results" / "run_val.json"
+
+
+@dataclass(frozen=True)
+class Plan:
+    output_dir: Path
+    prerequisites: list[Prerequisite]
+    runs: list[Run]
+    methods: list[str]
+    protocols: list[str]
+    encoders_checkpoint: str | None
+    """The DisentangleModule checkpoint whose spaces are drawn (None: no projection plot)."""
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def _load_yaml(path: str | Path, source: Path, entry: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise ComparisonConfigError(f"{source}: {entry} names {file}, which does not exist")
+    return yaml.safe_load(file.read_text())
+
+
+def _require(mapping: dict[str, Any], key: str, source: Path, entry: str) -> Any:
+    if key not in mapping:
+        raise ComparisonConfigError(f"{source}: {entry} has no {key!r}")
+    return mapping[key]
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` deep-merged into a copy of `base` (an explicit None replaces a whole entry)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _model(base: dict[str, Any], method: dict[str, Any], source: Path, entry: str) -> dict[str, Any]:
+    """The method's model block: its own config's model if it names one, else the base model; then its
+    overrides. A different module class keeps only the shared settings (backbone, scoring)."""
+    model = base["model"]
+    if "model_from" in method:
+        model = _load_yaml(method["model_from"], source, entry)["model"]
+    override = method.get("model", {})
+    if "class_path" in override and override["class_path"] != model["class_path"]:
+        shared = {k: v for k, v in model.get("init_args", {}).items() if k in ("backbone", "scoring")}
+        model = {"class_path": override["class_path"], "init_args": shared}
+    return _merge(model, override)
+
+
+def build_plan(
+    path: str | Path, methods: list[str] | None = None, protocols: list[str] | None = None
+) -> Plan:
+    """The runs of the comparison config at `path`, optionally restricted to some methods and protocols."""
+    source = Path(path)
+    settings = _load_yaml(source, source, "the command line")
+    base = _load_yaml(_require(settings, "base", source, "the file"), source, "base")
+    runs_dir = Path(settings.get("runs_dir", "runs/comparison"))
+    all_methods = _require(settings, "methods", source, "the file")
+    all_protocols = _require(settings, "protocols", source, "the file")
+    for wanted, known, kind in ((methods, all_methods, "method"), (protocols, all_protocols, "protocol")):
+        unknown = sorted(set(wanted or []) - set(known))
+        if unknown:
+            raise ComparisonConfigError(f"{source}: no {kind} {unknown}; known: {', '.join(known)}")
+    runs = []
+    for name in methods or list(all_methods):
+        method = all_methods[name] or {}
+        model = _model(base, method, source, f"method {name!r}")
+        for protocol in protocols or list(all_protocols):
+            if protocol in method.get("skip_protocols", []):
+                continue
+            folder = runs_dir / slug(name) / slug(protocol)
+            config = copy.deepcopy(base)
+            config["model"] = copy.deepcopy(model)
+            config["model"]["init_args"]["edits_dir"] = str(folder / "edits")
+            data_args = config["data"]["init_args"]
+            data_args.update(all_protocols[protocol] or {})
+            if settings.get("limit") is not None:
+                data_args["limit"] = settings["limit"]
+            config["trainer"]["default_root_dir"] = str(folder)
+            config["trainer"]["callbacks"] = [
+                c
+                for c in config["trainer"].get("callbacks", [])
+                if not c["class_path"].endswith("ResultsReport")
+            ] + [
+                {
+                    "class_path": "unike_pl.callbacks.ResultsReport",
+                    "init_args": {"output_dir": str(folder / "results"), "run_name": "run"},
+                }
+            ]
+            runs.append(Run(name, protocol, folder, config, method.get("ckpt_path")))
+    prerequisites = [
+        Prerequisite(
+            _require(item, "config", source, "a prerequisite"),
+            _require(item, "checkpoint", source, "a prerequisite"),
+        )
+        for item in settings.get("prerequisites", [])
+    ]
+    used = {run.ckpt_path for run in runs} | {settings.get("encoders_checkpoint")}
+    prerequisites = [item for item in prerequisites if item.checkpoint in used]
+    return Plan(
+        output_dir=Path(settings.get("output_dir", "results/comparison")),
+        prerequisites=prerequisites,
+        runs=runs,
+        methods=list(dict.fromkeys(run.method for run in runs)),
+        protocols=list(dict.fromkeys(run.protocol for run in runs)),
+        encoders_checkpoint=settings.get("encoders_checkpoint"),
+    )
