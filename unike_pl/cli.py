@@ -13,14 +13,18 @@ class UnikeCLI(LightningCLI):
     """LightningCLI with any LightningModule / LightningDataModule selectable by `class_path`.
 
     `--ckpt_path` may name a checkpoint of another module than the configured one: an EditingModule
-    loads the encoders of a DisentangleModule checkpoint. LightningCLI would replace the configured model
-    by the checkpoint's class and hyperparameters; here that only happens when the classes agree
-    (resuming a run of the same module).
+    loads the encoders of a DisentangleModule checkpoint. LightningCLI would replace the configured
+    settings by the checkpoint's class and hyperparameters; here that only happens when `fit` resumes a
+    run of the same module. `validate`/`test` take the weights from the checkpoint and every setting
+    from the config and the command line (a protocol, a results folder), never silently from the
+    checkpoint.
     """
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if subcommand != "fit":
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
             hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
             stored = hparams.get("_class_path")

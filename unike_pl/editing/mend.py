@@ -264,7 +264,9 @@ def updates_applied(linears: Sequence[EditedLinear], updates: Mapping[str, Facto
 
         return add
 
-    handles = [lin.module.register_forward_hook(hook(updates[lin.name])) for lin in linears if lin.name in updates]
+    handles = [
+        lin.module.register_forward_hook(hook(updates[lin.name])) for lin in linears if lin.name in updates
+    ]
     try:
         yield
     finally:
@@ -349,7 +351,9 @@ class MENDEditor(Editor):
         self.linears = edited_linears(backbone, backbone.last_layers(config.layers))
         missing = sorted(set(hypernetwork.names) ^ {lin.name for lin in self.linears})
         if missing:
-            raise ValueError(f"the hypernetwork was trained for other linears than this backbone's: {missing}")
+            raise ValueError(
+                f"the hypernetwork was trained for other linears than this backbone's: {missing}"
+            )
         self.updates: dict[str, FactorUpdate] = {}
 
     @contextmanager

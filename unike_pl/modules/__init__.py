@@ -4,6 +4,16 @@ from unike_pl.modules.backbone_module import BackboneModule
 from unike_pl.modules.disentangle import DisentangleModule
 from unike_pl.modules.edit_loop import EditingLoop
 from unike_pl.modules.editing import EditingModule
+from unike_pl.modules.finetune import FineTuneModule
+from unike_pl.modules.mend import MENDModule
 from unike_pl.modules.pre_edit import PreEditEvaluation
 
-__all__ = ["BackboneModule", "DisentangleModule", "EditingLoop", "EditingModule", "PreEditEvaluation"]
+__all__ = [
+    "BackboneModule",
+    "DisentangleModule",
+    "EditingLoop",
+    "EditingModule",
+    "FineTuneModule",
+    "MENDModule",
+    "PreEditEvaluation",
+]

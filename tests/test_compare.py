@@ -1,0 +1,126 @@
+"""The comparison command: plans composed from the shipped configs, the table and the figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from unike_pl.cli import main
+from unike_pl.compare.plan import ComparisonConfigError, build_plan
+from unike_pl.compare.plots import metric_bars, space_projection
+from unike_pl.compare.table import collect_rows, csv_table, markdown_table, write_tables
+from unike_pl.knowledge.encoders import DisentangledEncoders
+from unike_pl.knowledge.memory import KnowledgeMemory, Triplet
+
+SHIPPED = Path(__file__).parents[1] / "configs" / "compare.yaml"
+
+
+def test_the_shipped_comparison_covers_every_method_and_protocol():
+    plan = build_plan(SHIPPED)
+    assert plan.methods == [
+        "FT",
+        "T-Patcher",
+        "IKE",
+        "latent IKE",
+        "intrinsic + IKE",
+        "intrinsic + latent IKE, no collaboration",
+        "UniKE",
+        "MEND",
+        "SERAC",
+    ]
+    assert plan.protocols == ["one-step", "sequential T=10", "sequential T=20", "cross-task T=9"]
+    assert len(plan.runs) == 9 * 4
+    assert {Path(p.checkpoint).name for p in plan.prerequisites} == {
+        "encoders.ckpt",
+        "mend.ckpt",
+        "serac.ckpt",
+    }
+
+
+def composed(plan, method, protocol):
+    return next(run for run in plan.runs if run.method == method and run.protocol == protocol)
+
+
+def test_methods_override_the_base_model_and_protocols_the_data():
+    plan = build_plan(SHIPPED)
+    patcher = composed(plan, "T-Patcher", "sequential T=20").config
+    intrinsic = patcher["model"]["init_args"]["intrinsic"]
+    assert (intrinsic["neurons"], intrinsic["layers"], intrinsic["beta"]) == (1, 1, 0.0)
+    assert intrinsic["learning_rate"] == 0.01  # kept from the base config
+    assert patcher["model"]["init_args"]["latent"] is None
+    assert patcher["data"]["init_args"]["batch_size"] == 20
+    ft = composed(plan, "FT", "cross-task T=9")
+    args = ft.config["model"]["init_args"]
+    assert ft.config["model"]["class_path"].endswith("FineTuneModule")
+    assert "memory" not in args and args["backbone"]["name_or_path"] == "checkpoints/world-blip2"
+    assert ft.config["data"]["init_args"]["cross_task_file"].endswith("caption_eval_edit.json")
+    assert args["edits_dir"] == str(ft.folder / "edits")
+    assert composed(plan, "UniKE", "one-step").ckpt_path.endswith("encoders.ckpt")
+
+
+@pytest.mark.parametrize("method", ["FT", "T-Patcher", "IKE", "intrinsic + IKE", "UniKE", "MEND", "SERAC"])
+def test_every_composed_run_parses_as_a_validate_config(method, tmp_path, capsys):
+    run = composed(build_plan(SHIPPED), method, "sequential T=10")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(run.config))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == run.config["model"]["class_path"]
+
+
+def test_unknown_methods_and_missing_files_are_named(tmp_path):
+    with pytest.raises(ComparisonConfigError, match="no method.*Nope"):
+        build_plan(SHIPPED, methods=["Nope"])
+    config = tmp_path / "compare.yaml"
+    config.write_text(yaml.safe_dump({"base": "configs/missing.yaml", "methods": {}, "protocols": {}}))
+    with pytest.raises(ComparisonConfigError, match=r"compare.yaml: base names configs/missing.yaml"):
+        build_plan(config)
+
+
+def finished_plan(tmp_path):
+    settings = yaml.safe_load(SHIPPED.read_text())
+    settings.update(runs_dir=str(tmp_path / "runs"), output_dir=str(tmp_path / "out"))
+    config = tmp_path / "compare.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    plan = build_plan(config, methods=["FT", "UniKE"], protocols=["one-step", "sequential T=10"])
+    for i, run in enumerate(plan.runs[:3]):  # the last run has not finished
+        scores = {f"val/{key}": 10.0 * i + 1 for key in ("reliability", "t_locality", "edit_seconds")}
+        run.result_file.parent.mkdir(parents=True)
+        run.result_file.write_text(json.dumps({"scores": scores, "settings": {}}))
+        (run.folder / "timing.json").write_text(json.dumps({"seconds": 90.0}))
+    return plan
+
+
+def test_the_table_holds_the_finished_runs(tmp_path):
+    plan = finished_plan(tmp_path)
+    rows = collect_rows(plan)
+    assert [(r["method"], r["protocol"]) for r in rows] == [
+        ("FT", "one-step"),
+        ("FT", "sequential T=10"),
+        ("UniKE", "one-step"),
+    ]
+    assert rows[2]["reliability"] == 21.0 and rows[2]["run_minutes"] == 1.5 and rows[2]["m_locality"] is None
+    markdown = markdown_table(rows).splitlines()
+    assert markdown[0].startswith("| method | protocol | Rel | T-Gen | M-Gen | T-Loc | M-Loc | Rel (gen)")
+    assert markdown[4].startswith("| UniKE | one-step | 21.0 | – |")
+    assert csv_table(rows).splitlines()[0].startswith("method,protocol,reliability,t_generality")
+    written = write_tables(plan, rows)
+    assert all(path.is_file() for path in written)
+    png = metric_bars(rows, plan.protocols, plan.methods, tmp_path / "bars.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_spaces_figure_projects_the_memory_through_the_encoders(tmp_path):
+    count, hidden = 40, 16
+    states = {7: {kind: torch.randn(count, hidden) for kind in ("sem", "pos", "neg", "ffn")}}
+    questions = ["what colour is it?", "how many are there?"]
+    triplets = [Triplet("f.json", i, "edit", questions[i % 2], "a", "b") for i in range(count)]
+    memory = KnowledgeMemory([7], states, triplets)
+    png = space_projection(memory, DisentangledEncoders([7], hidden, 8), tmp_path / "spaces.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
