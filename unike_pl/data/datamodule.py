@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from unike_pl.backbones.loader import BackboneConfig, load_encoder
@@ -26,6 +27,7 @@ class MMEditDataModule(L.LightningDataModule):
         train_file: str | None = None,
         use_template: bool = False,
         batch_size: int = 1,
+        train_batch_size: int | None = None,
         num_workers: int = 0,
         limit: int | None = None,
         cross_task_file: str | None = None,
@@ -42,6 +44,8 @@ class MMEditDataModule(L.LightningDataModule):
             train_file: MMEdit JSON list for training (knowledge memory, trained editors).
             use_template: wrap VQA questions as `Question: {} Short answer:` (recorded in results).
             batch_size: records per batch (editing methods use 1: one edit at a time).
+            train_batch_size: records per batch while fitting (training and its validation);
+                None: `batch_size`.
             num_workers: DataLoader worker processes.
             limit: use only the first `limit` records of each split.
             cross_task_file: cross-task editing: an eval split of the other task mixed into the stream
@@ -88,9 +92,11 @@ class MMEditDataModule(L.LightningDataModule):
             )
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        train_batch_size = self.hparams.train_batch_size or self.hparams.batch_size
         return DataLoader(
             self.datasets[split],
-            batch_size=self.hparams.batch_size,
+            batch_size=train_batch_size if fitting else self.hparams.batch_size,
             shuffle=shuffle,
             num_workers=self.hparams.num_workers,
             collate_fn=self.collator,

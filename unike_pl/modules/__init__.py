@@ -7,6 +7,7 @@ from unike_pl.modules.editing import EditingModule
 from unike_pl.modules.finetune import FineTuneModule
 from unike_pl.modules.mend import MENDModule
 from unike_pl.modules.pre_edit import PreEditEvaluation
+from unike_pl.modules.serac import SERACModule
 
 __all__ = [
     "BackboneModule",
@@ -16,4 +17,5 @@ __all__ = [
     "FineTuneModule",
     "MENDModule",
     "PreEditEvaluation",
+    "SERACModule",
 ]
