@@ -64,6 +64,9 @@ class SampleMean(Metric):
     def add(self, scores: Tensor) -> None:
         """Add per-sample scores computed elsewhere (e.g. read back from a finished edit's result file)."""
         self._accumulate(scores)
+        # What torchmetrics' `update` wrapper does besides: count the update and drop a cached result.
+        self._update_count += 1
+        self._computed = None
 
     def compute(self) -> Tensor:
         """Return the mean score ×100 as a float32 scalar; RuntimeError when nothing was scored."""

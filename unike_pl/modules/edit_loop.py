@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import abstractmethod
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
@@ -137,3 +140,41 @@ class EditingLoop(BackboneModule):
 
     def result_settings(self) -> dict[str, Any]:
         return {**super().result_settings(), **self.scoring.settings(), **self.method_settings()}
+
+
+def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """A short hash of trained weights: per-edit results stored under other weights are never reused."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class TrainedEditingLoop(EditingLoop):
+    """A method with trained parts (MEND, SERAC): `fit` trains them, and its validation runs the method's
+    cheap `fit_validation_step` instead of editing; `validate`/`test` edit through the shared loop."""
+
+    @property
+    def fitting(self) -> bool:
+        return self.trainer.state.fn == TrainerFn.FITTING
+
+    def train(self, mode: bool = True) -> TrainedEditingLoop:
+        super().train(mode)
+        if self.backbone is not None:
+            self.backbone.eval()  # frozen: no dropout in the base model while the method trains
+        return self
+
+    @abstractmethod
+    def fit_validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """What validation measures while fitting (no editing)."""
+
+    def on_validation_start(self) -> None:
+        if not self.fitting:
+            super().on_validation_start()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.fitting:
+            self.fit_validation_step(batch, batch_idx)
+        else:
+            super().validation_step(batch, batch_idx)

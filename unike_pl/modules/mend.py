@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,7 +25,7 @@ from unike_pl.losses import answer_loss
 from unike_pl.metrics import names
 from unike_pl.metrics.editing import SampleMean
 from unike_pl.metrics.scorers import locality_scores, target_scorer, top_k_predictions
-from unike_pl.modules.edit_loop import EditingLoop
+from unike_pl.modules.edit_loop import TrainedEditingLoop, weights_fingerprint
 from unike_pl.scoring import PRE_EDIT_TOP_K, ScoringConfig, add_scores
 
 
@@ -40,7 +39,7 @@ def locality_kl(
     return kl[attention_mask.bool()].mean()
 
 
-class MENDModule(EditingLoop):
+class MENDModule(TrainedEditingLoop):
     """MEND (Mitchell et al., ICLR 2022). `fit` trains the hypernetwork on `data.train_file` (the
     backbone stays frozen; checkpoints hold the hypernetwork only); `validate`/`test` edit `data.eval_file`
     with it, loaded by `--ckpt_path`.
@@ -97,16 +96,6 @@ class MENDModule(EditingLoop):
         self.linears = edited_linears(self.mllm, self.mllm.last_layers(self.mend.layers))
         if self.hypernetwork is None:
             self.hypernetwork = MENDHyperNetwork.for_linears(self.linears, self.mend)
-
-    def train(self, mode: bool = True) -> MENDModule:
-        super().train(mode)
-        if self.backbone is not None:
-            self.backbone.eval()  # frozen: no dropout while the hypernetwork trains
-        return self
-
-    @property
-    def _fitting(self) -> bool:
-        return self.trainer.state.fn == "fit"
 
     # --- training -------------------------------------------------------------------------------------
     def _runner(self, encoded: Mapping[str, Any]) -> Callable[[], torch.Tensor]:
@@ -166,14 +155,7 @@ class MENDModule(EditingLoop):
         )
 
     # --- validation: a cheap signal inside fit, the shared editing loop otherwise ----------------------
-    def on_validation_start(self) -> None:
-        if not self._fitting:
-            super().on_validation_start()
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if not self._fitting:
-            super().validation_step(batch, batch_idx)
-            return
+    def fit_validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if batch_idx * len(batch["record"]) >= self.hparams.fit_val_edits:
             return
         out = self._edited_cases(batch)
@@ -207,12 +189,8 @@ class MENDModule(EditingLoop):
         return MENDEditor(self.mllm, self.hypernetwork, self.mend)
 
     def method_settings(self) -> dict[str, Any]:
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.hypernetwork.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
         return {
             "mend": vars(self.mend),
             # A retrained hypernetwork must not reuse the per-edit results of the previous one.
-            "hypernetwork": digest.hexdigest()[:16],
+            "hypernetwork": weights_fingerprint(self.hypernetwork.state_dict()),
         }

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import torch
-from lightning.pytorch.trainer.states import TrainerFn
 
 from unike_pl.backbones.loader import Backbone, BackboneConfig
 from unike_pl.editing.serac import (
@@ -21,13 +19,13 @@ from unike_pl.editing.serac import (
     scope_loss,
 )
 from unike_pl.metrics import names
-from unike_pl.modules.edit_loop import EditingLoop
+from unike_pl.modules.edit_loop import TrainedEditingLoop, weights_fingerprint
 from unike_pl.scoring import ScoringConfig
 
 COUNTERFACTUAL = "counterfactual_model."
 
 
-class SERACModule(EditingLoop):
+class SERACModule(TrainedEditingLoop):
     """SERAC over a frozen backbone. `fit` (with a `SERACDataModule`) trains the scope classifier and the
     counterfactual model on the training split; the checkpoint holds those two (`scope_classifier.*`,
     `counterfactual_model.*`), never the backbone. `validate --ckpt_path <checkpoint>` edits the eval split
@@ -72,12 +70,6 @@ class SERACModule(EditingLoop):
     def on_fit_start(self) -> None:
         self.counterfactual_model.train()  # loaded in eval mode, like every `Backbone`
 
-    def train(self, mode: bool = True) -> SERACModule:
-        super().train(mode)
-        if self.backbone is not None:
-            self.backbone.eval()  # frozen: its scope features and locality answers never see dropout
-        return self
-
     # --- editing (validate / test) -------------------------------------------------------------------
     def build_editor(self) -> SERACEditor:
         if not bool(self.trained):
@@ -98,20 +90,9 @@ class SERACModule(EditingLoop):
 
     def trained_fingerprint(self) -> str:
         """A hash of the trained weights, so that edits stored under another checkpoint are never reused."""
-        digest = hashlib.sha256()
-        for key, value in sorted(self.trained_state().items()):
-            digest.update(key.encode())
-            digest.update(value.detach().float().cpu().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return weights_fingerprint(self.trained_state())
 
-    def on_validation_start(self) -> None:
-        if not self._fitting:
-            super().on_validation_start()
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if not self._fitting:
-            super().validation_step(batch, batch_idx)
-            return
+    def fit_validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # While fitting: a cheap signal instead of editing (routing and counterfactual answers).
         losses = self._losses(batch)
         size = len(batch["record"])
@@ -123,10 +104,6 @@ class SERACModule(EditingLoop):
         self.log("val/scope_accuracy", accuracy, prog_bar=True, batch_size=size)
         self.log("val/counterfactual_accuracy", losses["target_accuracy"] * 100, batch_size=size)
         self.log("val/counterfactual_locality", losses["locality_agreement"] * 100, batch_size=size)
-
-    @property
-    def _fitting(self) -> bool:
-        return self.trainer.state.fn == TrainerFn.FITTING
 
     # --- training ------------------------------------------------------------------------------------
     def _losses(self, batch: dict[str, Any]) -> dict[str, Any]:
