@@ -124,3 +124,33 @@ def test_the_spaces_figure_projects_the_memory_through_the_encoders(tmp_path):
     memory = KnowledgeMemory([7], states, triplets)
     png = space_projection(memory, DisentangledEncoders([7], hidden, 8), tmp_path / "spaces.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_finished_cell_is_not_run_again_unless_its_config_changed(tmp_path, monkeypatch):
+    from unike_pl.compare import __main__ as command
+
+    plan = finished_plan(tmp_path)
+    calls = []
+
+    def fake_cli(args):
+        calls.append(args)
+        # Lightning writes its resolved config as config.yaml in the run folder: it must not matter
+        (Path(args[2]).parent / "config.yaml").write_text("overwritten")
+
+    monkeypatch.setattr(command, "cli_main", fake_cli)
+    unfinished = plan.runs[3]
+    command.run_one(unfinished)  # no result yet: runs
+    assert calls[-1] == [
+        "validate",
+        "--config",
+        str(unfinished.folder / "run.yaml"),
+        "--ckpt_path",
+        unfinished.ckpt_path,
+    ]
+    unfinished.result_file.parent.mkdir(parents=True, exist_ok=True)
+    unfinished.result_file.write_text("{}")
+    command.run_one(unfinished)  # finished with the same config: skipped
+    assert len(calls) == 1
+    unfinished.config["data"]["init_args"]["limit"] = 7
+    command.run_one(unfinished)  # the config changed: runs again
+    assert len(calls) == 2

@@ -37,7 +37,7 @@ def run_prerequisites(plan: Plan) -> None:
 
 def run_one(run: Run) -> None:
     """Validate one method × protocol, unless it already ran with exactly this config."""
-    config_file = run.folder / "config.yaml"
+    config_file = run.folder / "run.yaml"  # Lightning writes its own resolved config.yaml beside it
     text = yaml.safe_dump(run.config, sort_keys=False)
     if run.result_file.is_file() and config_file.is_file() and config_file.read_text() == text:
         return

@@ -3,7 +3,8 @@
 A comparison config names a base editing config (trainer, data, backbone, scoring), the protocols (data
 settings), the methods (model settings, optionally taken from another config, and the checkpoint they edit
 with) and the fits that produce those checkpoints. Each run's composed config is written to its own
-folder, so any cell of the table can be rerun alone with `python -m unike_pl validate --config ...`.
+folder (`run.yaml`), so any cell of the table can be rerun alone with
+`python -m unike_pl validate --config .../run.yaml`.
 """
 
 from __future__ import annotations
