@@ -218,3 +218,19 @@ def test_builder_rejects_unknown_language(tiny_tokenizer):
 
     with pytest.raises(ValueError, match="'opt' or 'llama'"):
         build_blip2(tiny_tokenizer, ModelSize(), "gpt2")
+
+
+def test_the_fingerprint_of_a_folder_follows_its_files(tmp_path):
+    from unike_pl.backbones.fingerprint import backbone_fingerprint
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "weights.bin").write_bytes(b"\x00" * 10)
+    config = BackboneConfig(str(tmp_path))
+    first = backbone_fingerprint(config)
+    assert backbone_fingerprint(config) == first
+    (tmp_path / "weights.bin").write_bytes(b"\x01" * 11)
+    assert backbone_fingerprint(config) != first
+    other_dtype = BackboneConfig(str(tmp_path), dtype="bfloat16")
+    assert backbone_fingerprint(other_dtype) != backbone_fingerprint(config)
+    hub_ids = (BackboneConfig("org/model"), BackboneConfig("org/other"))
+    assert backbone_fingerprint(hub_ids[0]) != backbone_fingerprint(hub_ids[1])
