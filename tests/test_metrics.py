@@ -424,3 +424,14 @@ def test_write_results_rejects_bad_scores(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not finite"):
         write_results(tmp_path, "run", {RELIABILITY: math.nan}, SETTINGS)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_writes_leave_ordinary_permissions(tmp_path):
+    import os
+
+    from unike_pl.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "scores.json", "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "scores.json").stat().st_mode & 0o777 == 0o666 & ~mask

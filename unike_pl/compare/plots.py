@@ -32,7 +32,9 @@ def save_figure(figure: plt.Figure, path: Path) -> Path:
 
 def metric_bars(rows: list[dict[str, Any]], protocols: list[str], methods: list[str], path: Path) -> Path:
     """One panel per protocol: the five metrics on the x axis, one bar per method."""
-    figure, axes = plt.subplots(len(protocols), 1, figsize=(11, 3.2 * len(protocols)), squeeze=False)
+    figure, axes = plt.subplots(
+        len(protocols), 1, figsize=(11, 3.4 * len(protocols)), squeeze=False, gridspec_kw={"hspace": 0.4}
+    )
     width = 0.8 / max(len(methods), 1)
     colours = plt.get_cmap("tab10")
     for axis, protocol in zip(axes[:, 0], protocols, strict=True):
