@@ -141,3 +141,52 @@ def test_sequential_edits_accumulate_and_are_scored_after_each_and_at_the_end(
     assert len(result["immediate"][names.RELIABILITY]) == 3 and len(result["scores"][names.T_LOCALITY]) == 3
     settings = read_results(tmp_path / "results" / "edit" / "unike_vqa_val.json")["settings"]
     assert settings["sequence_length"] == 3
+
+
+def test_a_second_run_reads_the_pre_edit_predictions_from_disk(
+    tmp_path, encoders, small_world, world_model, monkeypatch
+):
+    from unike_pl.modules import edit_loop
+
+    memory = {**read_memory(encoders), **MEMORY_LIMIT}
+    config = edit_config(
+        tmp_path,
+        small_world,
+        world_model,
+        memory=memory,
+        latent=None,
+        intrinsic={"max_steps": 3, "beta": 0.0},
+    )
+    main(["validate", "--config", str(config)])
+    first = read_results(tmp_path / "results" / "edit" / "unike_vqa_val.json")["scores"]
+    cached = list((tmp_path / "runs" / "pre_edit_cache").glob("*/records_*.pt"))
+    assert len(cached) == 3 and (cached[0].parent / "key.json").is_file()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the pre-edit predictions were computed again")
+
+    monkeypatch.setattr(edit_loop, "pre_edit_predictions", refuse)
+    # new per-edit folder: every edit is redone, only the unedited model's predictions come from disk
+    main(["validate", "--config", str(config), "--model.init_args.edits_dir", str(tmp_path / "again")])
+    again = read_results(tmp_path / "results" / "edit" / "unike_vqa_val.json")["scores"]
+    scored = [names.stage_key("val", metric) for metric in names.EDIT_METRICS]
+    assert [again[key] for key in scored] == [first[key] for key in scored]
+
+
+def test_the_pre_edit_cache_checks_its_records_and_keys(tmp_path):
+    from unike_pl.pre_edit_cache import PreEditCache
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {names.TEXT_LOCALITY: torch.arange(6).reshape(1, 2, 3)}
+
+    cache = PreEditCache(tmp_path, {"model": "a"})
+    first = cache.predictions([4], compute)
+    assert torch.equal(cache.predictions([4], compute)[names.TEXT_LOCALITY], first[names.TEXT_LOCALITY])
+    assert len(calls) == 1
+    assert PreEditCache(tmp_path, {"model": "b"}).folder != cache.folder
+    cache.path([4]).rename(cache.path([5]))
+    with pytest.raises(ValueError, match=r"holds records \[4\], expected \[5\]"):
+        cache.predictions([5], compute)

@@ -37,6 +37,8 @@ class ScoringConfig:
     """Also score greedy generation (normalised string match) for Rel / T-Gen / M-Gen."""
     max_new_tokens: int = 16
     """Greedy decoding length cap for generation accuracy."""
+    pre_edit_cache: str | None = None
+    """Folder that keeps the unedited model's predictions across runs (None: recompute every run)."""
 
     def settings(self) -> dict[str, Any]:
         return {

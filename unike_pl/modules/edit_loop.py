@@ -13,6 +13,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
+from unike_pl.backbones.fingerprint import backbone_fingerprint
 from unike_pl.backbones.loader import BackboneConfig
 from unike_pl.data.cases import select_record
 from unike_pl.editing.base import Editor
@@ -20,7 +21,9 @@ from unike_pl.editing.store import EditResultStore, as_tensors
 from unike_pl.metrics import names
 from unike_pl.metrics.editing import SampleMean, build_editing_metrics
 from unike_pl.modules.backbone_module import BackboneModule
+from unike_pl.pre_edit_cache import PreEditCache, file_digest
 from unike_pl.scoring import (
+    PRE_EDIT_TOP_K,
     Scores,
     ScoringConfig,
     add_scores,
@@ -51,6 +54,7 @@ class EditingLoop(BackboneModule):
         self.scoring = scoring or ScoringConfig()
         self.editor: Editor | None = None
         self.store: EditResultStore | None = None
+        self.pre_edit_cache: PreEditCache | None = None
         metrics = build_editing_metrics(
             self.scoring.target_scorer, self.scoring.locality_scorer, self.scoring.generation
         )
@@ -75,9 +79,26 @@ class EditingLoop(BackboneModule):
 
     def _start(self) -> None:
         self.editor = self.build_editor()
+        data_settings = self.trainer.datamodule.result_settings()
         if self.hparams.get("edits_dir") is not None:
-            settings = {**self.result_settings(), **self.trainer.datamodule.result_settings()}
-            self.store = EditResultStore(self.hparams.edits_dir, settings)
+            self.store = EditResultStore(self.hparams.edits_dir, {**self.result_settings(), **data_settings})
+        if self.scoring.pre_edit_cache is not None:
+            files = [data_settings.get("eval_file"), data_settings.get("cross_task_file")]
+            key = {
+                "model": backbone_fingerprint(self.backbone_config),
+                "files": {str(f): file_digest(f) for f in files if f},
+                "data": data_settings,
+                "top_k": PRE_EDIT_TOP_K,
+            }
+            self.pre_edit_cache = PreEditCache(self.scoring.pre_edit_cache, key)
+
+    def _pre_edit(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The unedited model's top-k ids on the batch's locality inputs, from the cache when it has them."""
+        compute = lambda: pre_edit_predictions(self.mllm, batch["cases"])  # noqa: E731
+        if self.pre_edit_cache is None:
+            return compute()
+        cached = self.pre_edit_cache.predictions(batch["record"].tolist(), compute)
+        return {case: ids.to(self.device, torch.long) for case, ids in cached.items()}
 
     def on_validation_start(self) -> None:
         self._start()
@@ -88,7 +109,7 @@ class EditingLoop(BackboneModule):
     def _edit_batch(self, batch: dict[str, Any]) -> tuple[Scores, Scores, list[dict[str, Any]]]:
         """Apply the batch's edits in order, score each right after it and all of them at the end."""
         editor, encoder = self.editor, self.mllm.encoder
-        pre_topk = pre_edit_predictions(self.mllm, batch["cases"])
+        pre_topk = self._pre_edit(batch)  # before any edit of the batch
         immediate: dict[str, list[torch.Tensor]] = {key: [] for key in names.TARGET_METRICS}
         reports = []
         try:
