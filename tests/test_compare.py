@@ -151,6 +151,11 @@ def test_a_finished_cell_is_not_run_again_unless_its_config_changed(tmp_path, mo
     unfinished.result_file.write_text("{}")
     command.run_one(unfinished)  # finished with the same config: skipped
     assert len(calls) == 1
+    assert (unfinished.folder / "timing.json").is_file()
+    (unfinished.folder / "timing.json").write_text('{"seconds": 60.0}')
+    (unfinished.folder / "edits").mkdir()
+    (unfinished.folder / "edits" / "records_000000_001.json").write_text("{}")
     unfinished.config["data"]["init_args"]["limit"] = 7
-    command.run_one(unfinished)  # the config changed: runs again
+    command.run_one(unfinished)  # the config changed: runs again, resuming from stored edits
     assert len(calls) == 2
+    assert (unfinished.folder / "timing.json").read_text() == '{"seconds": 60.0}'  # not a resumed run's time
