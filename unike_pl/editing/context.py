@@ -123,14 +123,28 @@ class InContextKnowledge:
     def clear(self) -> None:
         self.facts, self.fact_keys = [], []
 
-    def context(self, prompt: str, demonstrations: int) -> str:
-        """`demonstrations` nearest demonstrations, then the nearest edited facts (nearest last)."""
-        query = self.encoder([prompt])[0]
-        parts = [self.demonstrations[i] for i in _nearest(self.demonstration_keys, query, demonstrations)]
-        if self.fact_keys:
-            facts = _nearest(torch.stack(self.fact_keys), query, self.config.facts)
-            parts += [self.facts[i] for i in facts]
-        return "".join(parts) + "Prompt: "
+    def contexts(self, prompts: Sequence[str]) -> list[list[str]]:
+        """Per prompt, the contexts to try from the fullest to the shortest: the `demonstrations` nearest
+        demonstrations down to none, each followed by the nearest edited facts (the nearest last)."""
+        queries = self.encoder(prompts)  # one batched embedding per call, not one per candidate
+        candidates = []
+        for query in queries:
+            demonstrations = [
+                self.demonstrations[i]
+                for i in _nearest(self.demonstration_keys, query, self.config.demonstrations)
+            ]
+            facts = ""
+            if self.fact_keys:
+                facts = "".join(
+                    self.facts[i] for i in _nearest(torch.stack(self.fact_keys), query, self.config.facts)
+                )
+            candidates.append(
+                [
+                    "".join(demonstrations[len(demonstrations) - count :]) + facts + "Prompt: "
+                    for count in range(len(demonstrations), -1, -1)
+                ]
+            )
+        return candidates
 
 
 def _nearest(keys: torch.Tensor, query: torch.Tensor, count: int) -> list[int]:
@@ -142,9 +156,10 @@ def _nearest(keys: torch.Tensor, query: torch.Tensor, count: int) -> list[int]:
 
 
 class ContextView:
-    """Answers every input with its in-context knowledge written before the prompt."""
+    """Answers every input with its in-context knowledge written before the prompt. `knowledge` is an
+    `InContextKnowledge` or anything else with its `contexts(prompts)`."""
 
-    def __init__(self, backbone: Backbone, knowledge: InContextKnowledge) -> None:
+    def __init__(self, backbone: Backbone, knowledge: Any) -> None:
         self.backbone = backbone
         self.knowledge = knowledge
 
@@ -154,10 +169,10 @@ class ContextView:
             raise ValueError("in-context editing needs the batch's examples (encode with keep_examples=True)")
         encoder, limit = self.backbone.encoder, self.backbone.max_positions
         lengths = batch["attention_mask"].sum(-1).tolist()
+        candidates = self.knowledge.contexts([example.prompt for example in batch[EXAMPLES]])
         examples = []
-        for example, length in zip(batch[EXAMPLES], lengths, strict=True):
-            for count in range(self.knowledge.config.demonstrations, -1, -1):
-                context = self.knowledge.context(example.prompt, count)
+        for example, length, contexts in zip(batch[EXAMPLES], lengths, candidates, strict=True):
+            for context in contexts:
                 # +2: the context may merge into the prompt's first tokens differently
                 if (
                     length + len(encoder.tokenizer(context, add_special_tokens=False)["input_ids"]) + 2

@@ -33,9 +33,9 @@ from torch import nn
 from unike_pl.backbones.encoding import EXAMPLES, IGNORE_INDEX, Example, KeptExamples, select_sample
 from unike_pl.backbones.loader import Backbone, BackboneConfig, load_backbone
 from unike_pl.editing.base import AnsweringModel, Editor, EditReport
-from unike_pl.editing.context import ContextConfig, ContextView, end_aligned, fact_text
+from unike_pl.editing.context import ContextView, end_aligned, fact_text
 from unike_pl.hooks import capture_output
-from unike_pl.losses import answer_loss
+from unike_pl.losses import answer_loss, kl_to_reference
 from unike_pl.metrics import names
 from unike_pl.metrics.scorers import exact_match, token_accuracy
 
@@ -160,16 +160,15 @@ class EditFact:
     """One stored edit as the knowledge of a `ContextView`: its fact written before every prompt."""
 
     def __init__(self, edit: Example) -> None:
-        self.config = ContextConfig(demonstrations=0, facts=1)
-        self.text = fact_text(edit.prompt, edit.target)
+        self.prefix = fact_text(edit.prompt, edit.target) + "Prompt: "
 
-    def context(self, prompt: str, demonstrations: int) -> str:
-        return self.text + "Prompt: "
+    def contexts(self, prompts: Sequence[str]) -> list[list[str]]:
+        return [[self.prefix] for _ in prompts]
 
 
 def with_fact(example: Example, edit: Example) -> Example:
     """`example` with `edit`'s fact written before its prompt (what the counterfactual model reads)."""
-    return replace(example, prompt=EditFact(edit).context(example.prompt, 0) + example.prompt)
+    return replace(example, prompt=EditFact(edit).prefix + example.prompt)
 
 
 def rows_of(batch: Mapping[str, Any], rows: Sequence[int]) -> dict[str, Any]:
@@ -372,11 +371,9 @@ def counterfactual_loss(
             counterfactual(contexted), contexted["attention_mask"], original["attention_mask"].to(device)
         )
         answer = original["labels"][:, 1:].to(device) != IGNORE_INDEX  # logit t predicts label t + 1
-        ours, base = logits[:, :-1][answer].float(), base_logits[case][:, :-1][answer].float()
-        kl.append(
-            F.kl_div(ours.log_softmax(-1), base.log_softmax(-1), log_target=True, reduction="batchmean")
-        )
-        agree = (ours.argmax(-1) == base.argmax(-1)).float()
+        ours, base = logits[:, :-1], base_logits[case][:, :-1]
+        kl.append(kl_to_reference(base, ours, answer))
+        agree = (ours[answer].argmax(-1) == base[answer].argmax(-1)).float()
         rows = answer.nonzero()[:, 0]
         agreement.append(
             torch.zeros(len(answer), device=device).index_add_(0, rows, agree) / answer.sum(-1).clamp(min=1)
