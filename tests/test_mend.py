@@ -20,11 +20,11 @@ from unike_pl.editing.mend import (
     MENDConfig,
     MENDEditor,
     MENDHyperNetwork,
-    answer_loss_per_sample,
     edited_linears,
     gradient_factors,
     updates_applied,
 )
+from unike_pl.losses import answer_loss_per_sample
 from unike_pl.metrics import names, read_results
 from unike_pl.pretrain.init_model import init_world_model
 

@@ -22,3 +22,23 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if tokens == 0:
         raise ValueError("the batch has no target tokens to train on")
     return loss / tokens
+
+
+def answer_loss_per_sample(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over each sample's target tokens, (batch,)."""
+    shifted = labels[:, 1:]
+    losses = F.cross_entropy(
+        logits[:, :-1].transpose(1, 2).float(), shifted, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # (batch, seq - 1)
+    tokens = (shifted != IGNORE_INDEX).sum(1)
+    if bool((tokens == 0).any()):
+        raise ValueError("a sample has no target tokens to train on")
+    return losses.sum(1) / tokens
+
+
+def kl_to_reference(reference: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """KL(reference ‖ model) of the next-token distributions, averaged over the `positions` (a bool mask
+    over the logits' (batch, seq)): how far an edited or trained model drifts from a reference one."""
+    reference = F.log_softmax(reference[positions].float(), dim=-1)
+    ours = F.log_softmax(logits[positions].float(), dim=-1)
+    return (reference.exp() * (reference - ours)).sum(-1).mean()

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from unike_pl.backbones.encoding import IGNORE_INDEX, append_eos
+from unike_pl.backbones.encoding import append_eos
 from unike_pl.backbones.loader import Backbone
 from unike_pl.editing.base import AnsweringModel, Editor, EditReport
+from unike_pl.losses import answer_loss_per_sample
 from unike_pl.metrics.scorers import exact_match
 
 
@@ -272,18 +272,6 @@ def updates_applied(linears: Sequence[EditedLinear], updates: Mapping[str, Facto
     finally:
         for handle in handles:
             handle.remove()
-
-
-def answer_loss_per_sample(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over each sample's target tokens, (batch,)."""
-    shifted = labels[:, 1:]
-    losses = F.cross_entropy(
-        logits[:, :-1].transpose(1, 2).float(), shifted, ignore_index=IGNORE_INDEX, reduction="none"
-    )  # (batch, seq - 1)
-    tokens = (shifted != IGNORE_INDEX).sum(1)
-    if bool((tokens == 0).any()):
-        raise ValueError("a sample has no target tokens to edit with")
-    return losses.sum(1) / tokens
 
 
 def gradient_factors(

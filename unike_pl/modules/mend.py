@@ -6,7 +6,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torchmetrics import MetricCollection
 
 from unike_pl.backbones.encoding import append_eos
@@ -21,22 +20,12 @@ from unike_pl.editing.mend import (
     updates_applied,
 )
 from unike_pl.editing.tail import TailRunner
-from unike_pl.losses import answer_loss
+from unike_pl.losses import answer_loss, kl_to_reference
 from unike_pl.metrics import names
 from unike_pl.metrics.editing import SampleMean
 from unike_pl.metrics.scorers import locality_scores, target_scorer, top_k_predictions
 from unike_pl.modules.edit_loop import TrainedEditingLoop, weights_fingerprint
 from unike_pl.scoring import PRE_EDIT_TOP_K, ScoringConfig, add_scores
-
-
-def locality_kl(
-    pre_logits: torch.Tensor, post_logits: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """KL(pre-edit ‖ post-edit) of the next-token distributions, mean over the attended positions."""
-    pre = F.log_softmax(pre_logits.float(), dim=-1)
-    post = F.log_softmax(post_logits.float(), dim=-1)
-    kl = (pre.exp() * (pre - post)).sum(-1)  # (batch, seq)
-    return kl[attention_mask.bool()].mean()
 
 
 class MENDModule(TrainedEditingLoop):
@@ -123,7 +112,10 @@ class MENDModule(TrainedEditingLoop):
             post = {case: run[case]() for case in names.CASES}
         edit_loss = torch.stack([answer_loss(post[c], cases[c]["labels"]) for c in names.TARGET_CASES]).mean()
         locality_loss = torch.stack(
-            [locality_kl(pre[c], post[c], cases[c]["attention_mask"]) for c in names.LOCALITY_CASES]
+            [
+                kl_to_reference(pre[c], post[c], cases[c]["attention_mask"].bool())
+                for c in names.LOCALITY_CASES
+            ]
         ).mean()
         loss = self.hparams.edit_weight * edit_loss + self.hparams.locality_weight * locality_loss
         return {
