@@ -26,7 +26,8 @@ COUNTERFACTUAL = "counterfactual_model."
 
 
 class SERACModule(TrainedEditingLoop):
-    """SERAC over a frozen backbone. `fit` (with a `SERACDataModule`) trains the scope classifier and the
+    """SERAC over a frozen backbone. `fit` (batches of `data.train_batch_size` records, whose other
+    records give the scope classifier its negatives) trains the scope classifier and the
     counterfactual model on the training split; the checkpoint holds those two (`scope_classifier.*`,
     `counterfactual_model.*`), never the backbone. `validate --ckpt_path <checkpoint>` edits the eval split
     with them; editing without a trained checkpoint is refused.
