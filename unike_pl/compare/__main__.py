@@ -54,13 +54,12 @@ def run_one(run: Run) -> None:
         atomic_write_json(run.folder / "timing.json", {"seconds": time.perf_counter() - start})
 
 
-def report(plan: Plan, config: str) -> None:
+def report(plan: Plan) -> None:
     rows = collect_rows(plan)
     written = list(write_tables(plan, rows))
     written.append(metric_bars(rows, plan.protocols, plan.methods, plan.output_dir / "metrics.png"))
     if plan.encoders_checkpoint and Path(plan.encoders_checkpoint).is_file():
-        base = yaml.safe_load(Path(yaml.safe_load(Path(config).read_text())["base"]).read_text())
-        memory, encoders = load_spaces(base["model"]["init_args"], plan.encoders_checkpoint)
+        memory, encoders = load_spaces(plan.base_model, plan.encoders_checkpoint)
         written.append(space_projection(memory, encoders, plan.output_dir / "spaces.png"))
     console.print(markdown_table(rows))
     console.print("written: " + ", ".join(str(path) for path in written))
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         for run in plan.runs:
             run_one(run)
         console.print(f"comparison took {(time.perf_counter() - start) / 60:.1f} min")
-    report(plan, args.config)
+    report(plan)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ class Plan:
     protocols: list[str]
     encoders_checkpoint: str | None
     """The DisentangleModule checkpoint whose spaces are drawn (None: no projection plot)."""
+    base_model: dict[str, Any]
+    """The base config's model settings (backbone, memory): what the drawn spaces were trained on."""
 
 
 def slug(text: str) -> str:
@@ -150,4 +152,5 @@ def build_plan(
         methods=list(dict.fromkeys(run.method for run in runs)),
         protocols=list(dict.fromkeys(run.protocol for run in runs)),
         encoders_checkpoint=settings.get("encoders_checkpoint"),
+        base_model=base["model"]["init_args"],
     )
