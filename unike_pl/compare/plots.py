@@ -56,8 +56,8 @@ def metric_bars(rows: list[dict[str, Any]], protocols: list[str], methods: list[
 def _pca(points: torch.Tensor) -> torch.Tensor:
     """The first two principal coordinates of (count, dim) points."""
     centred = points - points.mean(0)
-    _, _, basis = torch.pca_lowrank(centred, q=2, center=False)
-    return centred @ basis[:, :2]
+    _, _, components = torch.linalg.svd(centred, full_matrices=False)  # exact: the figure is reproducible
+    return centred @ components[:2].T
 
 
 def _question_group(question: str) -> str:
