@@ -104,6 +104,12 @@ def answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def gradient_activation_scores(backbone: Backbone, inputs: Mapping[str, Any]) -> torch.Tensor:
     """|Σ_t ∂ z(answer)/∂output_l · Δ_l| per layer, from one forward and one backward pass."""
+    return gradient_activation_effects(backbone, inputs).abs()
+
+
+def gradient_activation_effects(backbone: Backbone, inputs: Mapping[str, Any]) -> torch.Tensor:
+    """Σ_t ∂ z(answer)/∂output_l · Δ_l per layer (signed): to first order, how much the answer logits
+    would drop if layer l's update were removed."""
     # The backbone is frozen: the first layer's input is made a leaf that requires grad, so that the
     # graph reaches every layer output.
     with (
@@ -116,7 +122,7 @@ def gradient_activation_scores(backbone: Backbone, inputs: Mapping[str, Any]) ->
         gradients = torch.autograd.grad(objective, outputs)
     return torch.stack(
         [
-            (gradient * (seen["output"][layer] - seen["input"][layer])).sum().abs().detach()
+            (gradient * (seen["output"][layer] - seen["input"][layer])).sum().detach()
             for layer, gradient in zip(layers, gradients, strict=True)
         ]
     ).float()
