@@ -29,16 +29,23 @@ def test_the_shipped_comparison_covers_every_method_and_protocol():
         "intrinsic + IKE",
         "intrinsic + latent IKE, no collaboration",
         "UniKE",
+        "UniKE + localization",
+        "LDKE",
         "MEND",
         "SERAC",
     ]
     assert plan.protocols == ["one-step", "sequential T=10", "sequential T=20", "cross-task T=9"]
-    assert len(plan.runs) == 9 * 4
+    assert len(plan.runs) == 11 * 4
     assert {Path(p.checkpoint).name for p in plan.prerequisites} == {
         "encoders.ckpt",
         "mend.ckpt",
         "serac.ckpt",
+        "router.ckpt",
     }
+    ldke = composed(plan, "LDKE", "one-step")
+    assert ldke.config["model"]["class_path"] == "unike_pl.modules.LDKEModule"
+    assert ldke.config["model"]["init_args"]["localization"]["scorer"] == "attribution"
+    assert ldke.ckpt_path.endswith("encoders.ckpt")
 
 
 def composed(plan, method, protocol):

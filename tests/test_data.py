@@ -185,8 +185,8 @@ def test_record_helper_has_every_mmedit_field():
 def test_cross_task_stream_mixes_one_in_three():
     from unike_pl.data.cases import CrossTaskDataset, EditSample
 
-    vqa = [EditSample(i, {"task": "vqa", "index": i}) for i in range(5)]
-    captions = [EditSample(i, {"task": "caption", "index": i}) for i in range(10)]
+    vqa = [EditSample(i, {"task": "vqa", "index": i}, {}) for i in range(5)]
+    captions = [EditSample(i, {"task": "caption", "index": i}, {}) for i in range(10)]
     stream = CrossTaskDataset(vqa, captions, every=3)
     order = [(stream[i].cases["task"], stream[i].cases["index"]) for i in range(len(stream))]
     assert order[:6] == [("vqa", 0), ("vqa", 1), ("caption", 0), ("vqa", 2), ("vqa", 3), ("caption", 1)]

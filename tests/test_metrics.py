@@ -21,10 +21,13 @@ from unike_pl.metrics import (
     EDIT_METRICS,
     EXACT_MATCH,
     GENERATION_METRICS,
+    HARD_LOCALITY,
     IMMEDIATE_METRICS,
     LOCALITY_METRICS,
     M_GENERALITY_GEN,
     M_LOCALITY,
+    NEIGHBOUR_CASES,
+    NEIGHBOUR_METRICS,
     RELIABILITY,
     RELIABILITY_GEN,
     SEQUENCE_TOPK,
@@ -90,12 +93,12 @@ ARGMAX = [[0, 4, 2, 3, 0], [1, 1, 3, 0, 4]]
 
 
 def test_names_are_consistent() -> None:
-    scores = TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS + ANSWER_METRICS
+    scores = TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS + NEIGHBOUR_METRICS + ANSWER_METRICS
     assert scores + COST_METRICS + IMMEDIATE_METRICS == ALL_METRICS
-    assert len(ALL_METRICS) == 15 and len(set(ALL_METRICS)) == 15
+    assert len(ALL_METRICS) == 17 and len(set(ALL_METRICS)) == 17
     assert set(DISPLAY_NAMES) == set(ALL_METRICS)
     assert DISPLAY_NAMES[RELIABILITY] == "Rel"
-    assert set(CASE_METRIC) == set(CASES)
+    assert set(CASE_METRIC) == set(CASES + NEIGHBOUR_CASES)
     assert tuple(CASE_METRIC[case] for case in CASES) == TARGET_METRICS + LOCALITY_METRICS
     assert stage_key("val", RELIABILITY) == "val/reliability"
     with pytest.raises(ValueError, match="unknown metric"):
@@ -347,7 +350,7 @@ def test_generation_accuracy_metric() -> None:
 @pytest.mark.filterwarnings("ignore:The ``compute`` method")
 def test_build_editing_metrics() -> None:
     # MetricCollection sorts its keys alphabetically, so compare sets.
-    assert set(build_editing_metrics().keys()) == set(TARGET_METRICS + LOCALITY_METRICS)
+    assert set(build_editing_metrics().keys()) == set(TARGET_METRICS + LOCALITY_METRICS + NEIGHBOUR_METRICS)
     collection = build_editing_metrics(EXACT_MATCH, SEQUENCE_TOPK, generation=True)
     assert set(collection.keys()) == set(EDIT_METRICS)
     assert collection[RELIABILITY].scorer == EXACT_MATCH
@@ -361,6 +364,8 @@ def test_build_editing_metrics() -> None:
     collection[T_LOCALITY].update(post, pre_topk, labels, mask)  # k=1 -> 50
     for key in GENERATION_METRICS:
         collection[key].update(["red"], ["red"])  # -> 100
+    for key in NEIGHBOUR_METRICS:
+        collection[key].add(torch.tensor([0.5, 1.0]))  # per-record means, added by the editing loop
     with pytest.raises(RuntimeError, match="m_locality"):
         collection.compute()  # M-Loc has no samples yet
     # M-Loc compares ordered top-10, so it needs a vocabulary of at least 10: identical logits -> 100.
@@ -372,9 +377,12 @@ def test_build_editing_metrics() -> None:
     assert values[T_LOCALITY] == pytest.approx(50.0)
     assert values[M_LOCALITY] == pytest.approx(100.0)
     assert values[M_GENERALITY_GEN] == pytest.approx(100.0)
+    assert values[HARD_LOCALITY] == pytest.approx(75.0)
 
     staged = build_editing_metrics().clone(prefix="val/")
-    assert set(staged.keys()) == {stage_key("val", key) for key in TARGET_METRICS + LOCALITY_METRICS}
+    assert set(staged.keys()) == {
+        stage_key("val", key) for key in TARGET_METRICS + LOCALITY_METRICS + NEIGHBOUR_METRICS
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------

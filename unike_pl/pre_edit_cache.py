@@ -21,6 +21,13 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _compact(ids: Any) -> Any:
+    """int32 on the CPU, for a tensor or a list of tensors (None kept)."""
+    if isinstance(ids, list):
+        return [None if i is None else _compact(i) for i in ids]
+    return ids.to(torch.int32).cpu()
+
+
 class PreEditCache:
     """One file per batch of records under `root/<hash of key>/`; `key` names everything the predictions
     depend on (the model's fingerprint, the data files' hashes, the prompt settings, k), and is written
@@ -45,7 +52,7 @@ class PreEditCache:
             if payload["records"] != list(records):
                 raise ValueError(f"{file}: holds records {payload['records']}, expected {list(records)}")
             return payload["topk"]
-        topk = {case: ids.to(torch.int32).cpu() for case, ids in compute().items()}
+        topk = {case: _compact(ids) for case, ids in compute().items()}
         buffer = io.BytesIO()
         torch.save({"records": list(records), "topk": topk}, buffer)
         atomic_write_bytes(file, buffer.getvalue())

@@ -49,13 +49,23 @@ class ScoringConfig:
         }
 
 
+PreEdit = dict[str, Any]
+"""Pre-edit top-k ids: per locality case a (batch, seq, k) tensor; for the hard neighbours a list with, per
+record, a (neighbours, seq, k) tensor or None."""
+
+
 @torch.no_grad()
-def pre_edit_predictions(
-    backbone: Backbone,
-    cases: Mapping[str, Mapping[str, torch.Tensor]],
-) -> dict[str, torch.Tensor]:
-    """Ordered top-k ids (batch, seq, 10) of the unedited model on the two locality cases."""
-    return {case: top_k_predictions(backbone(cases[case]), PRE_EDIT_TOP_K) for case in names.LOCALITY_CASES}
+def pre_edit_predictions(backbone: Backbone, batch: Mapping[str, Any]) -> PreEdit:
+    """Ordered top-k ids of the unedited model on the locality cases and the hard neighbours."""
+    predictions: PreEdit = {
+        case: top_k_predictions(backbone(batch["cases"][case]), PRE_EDIT_TOP_K)
+        for case in names.LOCALITY_CASES
+    }
+    predictions[names.HARD_NEIGHBOURS] = [
+        None if group is None else top_k_predictions(backbone(group), PRE_EDIT_TOP_K)
+        for group in batch["neighbours"][names.HARD_NEIGHBOURS]
+    ]
+    return predictions
 
 
 @torch.no_grad()
@@ -79,25 +89,65 @@ def locality_scores_after_edit(
     model: AnsweringModel,
     batch: Mapping[str, Any],
     scoring: ScoringConfig,
-    pre_topk: Mapping[str, torch.Tensor],
+    pre_topk: PreEdit,
 ) -> Scores:
     """T-Loc / M-Loc of every sample: post-edit predictions against the cached pre-edit ones."""
-    scores: Scores = {}
-    for case in names.LOCALITY_CASES:
-        encoded = batch["cases"][case]
-        metric = names.CASE_METRIC[case]
-        scores[metric] = (
-            locality_scores(
-                scoring.locality_scorer,
-                model(encoded),
-                pre_topk[case],
-                encoded["labels"],
-                encoded["attention_mask"],
-                names.LOCALITY_TOP_K[metric],
-            )
-            .float()
-            .cpu()
+    return {
+        names.CASE_METRIC[case]: _locality(model, batch["cases"][case], pre_topk[case], case, scoring)
+        for case in names.LOCALITY_CASES
+    }
+
+
+def _locality(
+    model: AnsweringModel,
+    encoded: Mapping[str, Any],
+    pre_topk: torch.Tensor,
+    case: str,
+    scoring: ScoringConfig,
+) -> torch.Tensor:
+    metric = names.CASE_METRIC[case]
+    return (
+        locality_scores(
+            scoring.locality_scorer,
+            model(encoded),
+            pre_topk.to(encoded["input_ids"].device, torch.long),
+            encoded["labels"],
+            encoded["attention_mask"],
+            names.LOCALITY_TOP_K[metric],
         )
+        .float()
+        .cpu()
+    )
+
+
+@torch.no_grad()
+def related_scores(model: AnsweringModel, batch: Mapping[str, Any], scoring: ScoringConfig) -> Scores:
+    """Related-context accuracy: the target scorer against the truth the edit implies, the mean over each
+    record's related questions. Only records that have them are scored (one score per such record)."""
+    scorer = target_scorer(scoring.target_scorer)
+    related = [
+        scorer(model(group), group["labels"]).float().mean().cpu()
+        for group in batch["neighbours"][names.RELATED]
+        if group is not None
+    ]
+    return {names.RELATED_ACCURACY: torch.stack(related)} if related else {}
+
+
+@torch.no_grad()
+def neighbour_scores(
+    model: AnsweringModel, batch: Mapping[str, Any], scoring: ScoringConfig, pre_topk: PreEdit
+) -> Scores:
+    """Related-context accuracy and hard-locality retention (the locality scorer against pre-edit
+    predictions, the mean over each record's hard neighbours), for the records that have them."""
+    groups = batch["neighbours"][names.HARD_NEIGHBOURS]
+    hard = [
+        _locality(model, group, pre, names.HARD_NEIGHBOURS, scoring).mean()
+        for group, pre in zip(groups, pre_topk[names.HARD_NEIGHBOURS], strict=True)
+        if group is not None
+    ]
+    scores = related_scores(model, batch, scoring)
+    if hard:
+        scores[names.HARD_LOCALITY] = torch.stack(hard)
     return scores
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,18 @@ def _model(base: dict[str, Any], method: dict[str, Any], source: Path, entry: st
     return _merge(model, override)
 
 
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a parsed config."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
 def build_plan(
     path: str | Path, methods: list[str] | None = None, protocols: list[str] | None = None
 ) -> Plan:
@@ -143,7 +156,9 @@ def build_plan(
         )
         for item in settings.get("prerequisites", [])
     ]
+    # Needed when a run names the checkpoint: as its --ckpt_path or in its settings (LDKE's router).
     used = {run.ckpt_path for run in runs} | {settings.get("encoders_checkpoint")}
+    used |= {value for run in runs for value in _strings(run.config)}
     prerequisites = [item for item in prerequisites if item.checkpoint in used]
     return Plan(
         output_dir=Path(settings.get("output_dir", "results/comparison")),

@@ -19,7 +19,7 @@ from unike_pl.knowledge.datamodule import MemoryConfig, MemorySource, load_memor
 from unike_pl.knowledge.encoders import DisentangledEncoders  # noqa: E402
 from unike_pl.metrics import names  # noqa: E402
 
-FIVE = (*names.TARGET_METRICS, *names.LOCALITY_METRICS)
+PLOTTED = (*names.TARGET_METRICS, *names.LOCALITY_METRICS, *names.NEIGHBOUR_METRICS)
 
 
 def save_figure(figure: plt.Figure, path: Path) -> Path:
@@ -31,7 +31,7 @@ def save_figure(figure: plt.Figure, path: Path) -> Path:
 
 
 def metric_bars(rows: list[dict[str, Any]], protocols: list[str], methods: list[str], path: Path) -> Path:
-    """One panel per protocol: the five metrics on the x axis, one bar per method."""
+    """One panel per protocol: the five metrics and LDKE's two on the x axis, one bar per method."""
     figure, axes = plt.subplots(
         len(protocols), 1, figsize=(11, 3.4 * len(protocols)), squeeze=False, gridspec_kw={"hspace": 0.4}
     )
@@ -42,10 +42,10 @@ def metric_bars(rows: list[dict[str, Any]], protocols: list[str], methods: list[
         for i, method in enumerate(methods):
             if method not in scored:
                 continue
-            values = [scored[method][metric] or 0.0 for metric in FIVE]
-            positions = [m + (i - (len(methods) - 1) / 2) * width for m in range(len(FIVE))]
+            values = [scored[method][metric] or 0.0 for metric in PLOTTED]
+            positions = [m + (i - (len(methods) - 1) / 2) * width for m in range(len(PLOTTED))]
             axis.bar(positions, values, width, label=method, color=colours(i % 10))
-        axis.set_xticks(range(len(FIVE)), [names.DISPLAY_NAMES[m] for m in FIVE])
+        axis.set_xticks(range(len(PLOTTED)), [names.DISPLAY_NAMES[m] for m in PLOTTED])
         axis.set_ylim(0, 100)
         axis.set_ylabel("score (×100)")
         axis.set_title(protocol)

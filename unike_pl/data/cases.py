@@ -1,4 +1,5 @@
-"""The five evaluation cases of one MMEdit record, and their batching."""
+"""The five evaluation cases of one MMEdit record, its neighbour cases (the world's LDKE fields), and their
+batching."""
 
 from __future__ import annotations
 
@@ -28,10 +29,12 @@ def open_image(path: Path, file: Path, record: int, field: str) -> Image.Image:
 
 @dataclass(frozen=True)
 class EditSample:
-    """An edit descriptor and its neighbours: `cases` maps each case name to its scored example."""
+    """An edit descriptor and its neighbours: `cases` maps each case name to its scored example,
+    `neighbours` each neighbour case name to a list of examples (empty when the record has none)."""
 
     record: int
     cases: dict[str, Example]
+    neighbours: dict[str, list[Example]]
 
 
 def build_cases(
@@ -56,6 +59,28 @@ def build_cases(
     }
 
 
+def build_neighbours(
+    record: EditRecord, task: str, use_template: bool, load: Callable[[Path, str], Image.Image]
+) -> dict[str, list[Example]]:
+    """The record's related questions (on the edit image, answered with the truth the edit implies) and
+    hard out-of-scope neighbours (their own images and answers). Both are VQA questions, wrapped like
+    `m_loc_q`; a neighbour that repeats the edit prompt (a similar scene asked the same) is wrapped
+    like the edit prompt."""
+    image = load(record.image, "image") if record.related else None
+    edit_wrap = use_template and task == "vqa"
+
+    def wrap(question: str) -> str:
+        return wrap_question(question, edit_wrap if question == record.src else use_template)
+
+    return {
+        names.RELATED: [Example(wrap(pair.question), pair.answer, image) for pair in record.related],
+        names.HARD_NEIGHBOURS: [
+            Example(wrap(item.question), item.answer, load(item.image, "hard_loc"))
+            for item in record.hard_loc
+        ],
+    }
+
+
 class MMEditDataset(Dataset):
     """Serves `EditSample`s of one split; images are read when a sample is requested."""
 
@@ -73,7 +98,11 @@ class MMEditDataset(Dataset):
         def load(path: Path, field: str) -> Image.Image:
             return open_image(path, self.split.file, record.index, field)
 
-        return EditSample(record.index, build_cases(record, self.split.task, self.use_template, load))
+        return EditSample(
+            record.index,
+            build_cases(record, self.split.task, self.use_template, load),
+            build_neighbours(record, self.split.task, self.use_template, load),
+        )
 
 
 class CrossTaskDataset(Dataset):
@@ -96,11 +125,13 @@ class CrossTaskDataset(Dataset):
             sample = self.mixed[rounds]
         else:
             sample = self.main[rounds * (self.every - 1) + offset]
-        return EditSample(position, sample.cases)
+        return EditSample(position, sample.cases, sample.neighbours)
 
 
 class EditCollator:
-    """Batches samples into one encoded batch per case, with the raw targets kept for generation."""
+    """Batches samples into one encoded batch per case, with the raw targets kept for generation.
+    Neighbour cases stay per record: a list with, per sample, its examples encoded as one batch (None
+    when it has none)."""
 
     def __init__(self, encoder: PromptEncoder) -> None:
         self.encoder = encoder
@@ -113,6 +144,15 @@ class EditCollator:
                 for case in names.CASES
             },
             "targets": {case: [s.cases[case].target for s in samples] for case in names.CASES},
+            "neighbours": {
+                case: [
+                    self.encoder.encode(s.neighbours[case], keep_examples=True)
+                    if s.neighbours[case]
+                    else None
+                    for s in samples
+                ]
+                for case in names.NEIGHBOUR_CASES
+            },
         }
 
 
@@ -125,4 +165,5 @@ def select_record(batch: dict[str, Any], index: int, encoder: PromptEncoder) -> 
             for case, encoded in batch["cases"].items()
         },
         "targets": {case: targets[index : index + 1] for case, targets in batch["targets"].items()},
+        "neighbours": {case: groups[index : index + 1] for case, groups in batch["neighbours"].items()},
     }

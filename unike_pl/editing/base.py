@@ -29,6 +29,8 @@ class EditReport:
     seconds: float
     success: bool
     """Whether every target token of the edit input was predicted once the edit was applied."""
+    layers: list[int] | None = None
+    """The layers the edit changed, for methods that choose them per edit (LDKE's localization)."""
 
 
 class Editor(ABC):

@@ -8,6 +8,8 @@ Method variants are configurations of one editor:
     intrinsic + IKE       intrinsic=IntrinsicConfig(beta=0) and in-context knowledge
     both, no collaboration intrinsic=IntrinsicConfig(beta=0), latent=LatentConfig(alpha=<fixed>)
     UniKE                 intrinsic=IntrinsicConfig(beta>0), latent=LatentConfig(alpha=None)
+    LDKE's localized edit UniKE with `localization`: each edit's neurons go into the layers that carry
+                          its fact (the top of the edited layers by a layer scorer), not into all of them
 Nothing of the base model changes: an edit adds patches and knowledge, `restore` drops them all.
 """
 
@@ -31,6 +33,7 @@ from unike_pl.editing.neurons import NeuronBank, new_patch
 from unike_pl.editing.tail import TailRunner
 from unike_pl.knowledge.encoders import DisentangledEncoders
 from unike_pl.knowledge.mining import extract_states
+from unike_pl.ldke.localization import LocalizationConfig, locate
 from unike_pl.losses import answer_loss
 from unike_pl.metrics.scorers import exact_match
 
@@ -91,6 +94,7 @@ class UniKEEditor(Editor):
         fast_tail: bool = True,
         seed: int = 0,
         in_context: InContextKnowledge | None = None,
+        localization: LocalizationConfig | None = None,
     ) -> None:
         if intrinsic is None and injection is None and in_context is None:
             raise ValueError("an editor needs intrinsic neurons, latent or in-context knowledge")
@@ -108,8 +112,9 @@ class UniKEEditor(Editor):
         self.ffn_memory = {
             layer: states.to(backbone.model.device) for layer, states in (ffn_memory or {}).items()
         }
+        self.localization = localization
         self.bank = NeuronBank(backbone)
-        self.tail = TailRunner(backbone, min(self.neuron_layers)) if fast_tail else None
+        self.fast_tail = fast_tail
         self.generator = torch.Generator().manual_seed(seed)
 
     @contextmanager
@@ -145,23 +150,25 @@ class UniKEEditor(Editor):
             self.injection.add(
                 {layer: LayerKnowledge(states[layer]["sem"], states[layer]["last"]) for layer in self.layers}
             )
-        steps, success = 0, True
+        steps, success, layers = 0, True, None
         if self.intrinsic is not None:
+            layers = self.neuron_layers
+            if self.localization is not None:  # on the unedited model: where the fact is held now
+                layers = locate(self.backbone, inputs, self.neuron_layers, self.localization)
             # The neurons learn the answer and that it ends there: without EOS they keep firing after it
             # and greedy decoding repeats the target.
             eos = self.backbone.encoder.tokenizer.eos_token_id
-            steps, success = self._train_neurons(append_eos(inputs, eos) if eos is not None else inputs)
+            steps, success = self._train_neurons(
+                append_eos(inputs, eos) if eos is not None else inputs, layers
+            )
         else:
             with self.answering() as model, torch.no_grad():
                 success = bool(exact_match(model(inputs), inputs["labels"]).all())
-        return EditReport(steps, time.perf_counter() - start, success)
+        return EditReport(steps, time.perf_counter() - start, success, layers)
 
-    def _logits(self, inputs: Mapping[str, torch.Tensor], prefix: object) -> torch.Tensor:
-        return self.tail.logits(prefix) if self.tail is not None else self.backbone(inputs)
-
-    def _train_neurons(self, inputs: Mapping[str, torch.Tensor]) -> tuple[int, bool]:
+    def _train_neurons(self, inputs: Mapping[str, torch.Tensor], layers: Sequence[int]) -> tuple[int, bool]:
         config = self.intrinsic
-        patches = {layer: new_patch(self.backbone, layer, config.neurons) for layer in self.neuron_layers}
+        patches = {layer: new_patch(self.backbone, layer, config.neurons) for layer in layers}
         for layer, patch in patches.items():
             if config.beta > 0:
                 zeta = self.encoders.truthful_direction(layer).to(patch.values.device)
@@ -170,28 +177,33 @@ class UniKEEditor(Editor):
         labels = inputs["labels"]
         # Positions whose logits predict the target tokens: where the new neurons must fire.
         targets = (labels[0, 1:] != -100).nonzero().flatten()
+        tail = TailRunner(self.backbone, min(layers)) if self.fast_tail else None
         with self.active(), torch.enable_grad():
-            prefix = self.tail.capture(inputs) if self.tail is not None else None
+            prefix = tail.capture(inputs) if tail is not None else None
+
+            def logits() -> torch.Tensor:
+                return tail.logits(prefix) if tail is not None else self.backbone(inputs)
+
             with torch.no_grad():  # the zero patches change nothing; this reads the FFN inputs
-                self._logits(inputs, prefix)
+                logits()
             for layer, patch in patches.items():
                 patch.init_keys(self._edit_queries(layer, targets).mean(0), config.key_noise, self.generator)
             params = [p for patch in patches.values() for p in patch.parameters()]
             optimizer = torch.optim.Adam(params, lr=config.learning_rate)
             for step in range(config.max_steps):
-                logits = self._logits(inputs, prefix)
+                step_logits = logits()
                 constraints = self._neuron_losses(patches, targets)
                 # Predicting the target is not enough: neurons that also fire on unrelated inputs
                 # (the memory) would break locality, so training goes on until they are quiet there.
                 met = float(constraints.detach()) <= config.constraint_tolerance
-                if config.stop_early and met and bool(exact_match(logits, labels).all()):
+                if config.stop_early and met and bool(exact_match(step_logits, labels).all()):
                     return step, True
-                loss = answer_loss(logits, labels) + constraints
+                loss = answer_loss(step_logits, labels) + constraints
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
             with torch.no_grad():
-                return config.max_steps, bool(exact_match(self._logits(inputs, prefix), labels).all())
+                return config.max_steps, bool(exact_match(logits(), labels).all())
 
     def _edit_queries(self, layer: int, positions: torch.Tensor) -> torch.Tensor:
         """FFN inputs of the (single) edit sample at `positions`, (positions, hidden)."""

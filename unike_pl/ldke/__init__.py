@@ -1,10 +1,25 @@
 """LDKE: fast localization of the layers that carry a fact (a disentanglement router comes next)."""
 
 from unike_pl.ldke.localization import (
+    LocalizationConfig,
     agreement,
-    causal_tracing_scores,
-    gradient_activation_scores,
+    attribution,
+    causal_tracing,
+    gradient_activation,
+    layer_scores,
+    locate,
+    own_answer_fact,
     top_layers,
 )
 
-__all__ = ["agreement", "causal_tracing_scores", "gradient_activation_scores", "top_layers"]
+__all__ = [
+    "LocalizationConfig",
+    "agreement",
+    "attribution",
+    "causal_tracing",
+    "gradient_activation",
+    "layer_scores",
+    "locate",
+    "own_answer_fact",
+    "top_layers",
+]

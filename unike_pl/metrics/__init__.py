@@ -2,9 +2,11 @@
 
 from unike_pl.metrics.editing import (
     GenerationAccuracy,
+    HardLocality,
     LocalityScore,
     MGenerality,
     MLocality,
+    RelatedAccuracy,
     Reliability,
     SampleMean,
     TargetScore,
@@ -26,6 +28,8 @@ from unike_pl.metrics.names import (
     EDIT_METRICS,
     EXACT_MATCH,
     GENERATION_METRICS,
+    HARD_LOCALITY,
+    HARD_NEIGHBOURS,
     IMAGE_REPHRASE,
     IMMEDIATE_METRICS,
     LOCALITY_CASES,
@@ -36,6 +40,10 @@ from unike_pl.metrics.names import (
     M_LOCALITY,
     M_LOCALITY_ANSWERS,
     MULTIMODAL_LOCALITY,
+    NEIGHBOUR_CASES,
+    NEIGHBOUR_METRICS,
+    RELATED,
+    RELATED_ACCURACY,
     RELIABILITY,
     RELIABILITY_GEN,
     REPHRASE,
@@ -67,6 +75,14 @@ from unike_pl.metrics.scorers import (
 )
 
 __all__ = [
+    "RelatedAccuracy",
+    "HardLocality",
+    "RELATED_ACCURACY",
+    "RELATED",
+    "NEIGHBOUR_METRICS",
+    "NEIGHBOUR_CASES",
+    "HARD_NEIGHBOURS",
+    "HARD_LOCALITY",
     "ANSWER_METRICS",
     "CASE_ANSWER_METRIC",
     "CASE_GENERATION_METRIC",

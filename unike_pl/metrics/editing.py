@@ -16,10 +16,12 @@ from torchmetrics import Metric, MetricCollection
 from unike_pl.metrics.names import (
     ANSWER_TOP1,
     GENERATION_METRICS,
+    HARD_LOCALITY,
     LOCALITY_SCORER_NAMES,
     LOCALITY_TOP_K,
     M_GENERALITY,
     M_LOCALITY,
+    RELATED_ACCURACY,
     RELIABILITY,
     T_GENERALITY,
     T_LOCALITY,
@@ -165,6 +167,21 @@ class MLocality(LocalityScore):
         super().__init__(scorer, top_k=top_k, **kwargs)
 
 
+class RelatedAccuracy(SampleMean):
+    """Related-context accuracy (LDKE's Causal Misalignment): questions the edit implies answer the truth.
+    A record's score is the mean over its related questions, added with `add` by the editing loop."""
+
+    name: ClassVar[str] = RELATED_ACCURACY
+
+
+class HardLocality(SampleMean):
+    """Hard-locality retention (LDKE's Feature Entanglement): close out-of-scope inputs (same image with
+    another question, a similar scene with the same question) keep their pre-edit predictions. A record's
+    score is the mean over its hard neighbours, added with `add` by the editing loop."""
+
+    name: ClassVar[str] = HARD_LOCALITY
+
+
 class GenerationAccuracy(SampleMean):
     """Greedy-decoding accuracy: normalised string match of the generation with the target."""
 
@@ -191,6 +208,7 @@ def build_editing_metrics(
     generation: bool = False,
 ) -> MetricCollection:
     """Return one metric per key of `names.py`, keyed by that key; `compute()` gives {key: score ×100}.
+    The two neighbour metrics are only updated on data that has neighbours (the embedded world).
 
     Args:
         target_scorer: scorer of Rel, T-Gen and M-Gen (`token_accuracy` or `exact_match`).
@@ -205,6 +223,8 @@ def build_editing_metrics(
         M_GENERALITY: MGenerality(target_scorer),
         T_LOCALITY: TLocality(locality_scorer),
         M_LOCALITY: MLocality(locality_scorer),
+        RELATED_ACCURACY: RelatedAccuracy(),
+        HARD_LOCALITY: HardLocality(),
     }
     if generation:
         metrics.update({name: GenerationAccuracy(name) for name in GENERATION_METRICS})

@@ -25,6 +25,12 @@ M_GENERALITY_GEN: Final = "m_generality_gen"
 T_LOCALITY_ANSWERS: Final = "t_locality_answer_acc"
 M_LOCALITY_ANSWERS: Final = "m_locality_answer_acc"
 
+# LDKE's two failure modes (METHOD.md §5), scored on the embedded world's extra fields (absent from MMEdit):
+# related questions must follow the edit (Causal Misalignment: their truth is the edit's consequence), and
+# hard out-of-scope neighbours must keep their pre-edit predictions (Feature Entanglement).
+RELATED_ACCURACY: Final = "related_accuracy"
+HARD_LOCALITY: Final = "hard_locality"
+
 # What an edit costs, averaged over edits (not ×100): wall-clock seconds and optimisation steps.
 EDIT_SECONDS: Final = "edit_seconds"
 EDIT_STEPS: Final = "edit_steps"
@@ -33,7 +39,8 @@ TARGET_METRICS: Final = (RELIABILITY, T_GENERALITY, M_GENERALITY)
 LOCALITY_METRICS: Final = (T_LOCALITY, M_LOCALITY)
 GENERATION_METRICS: Final = (RELIABILITY_GEN, T_GENERALITY_GEN, M_GENERALITY_GEN)
 ANSWER_METRICS: Final = (T_LOCALITY_ANSWERS, M_LOCALITY_ANSWERS)
-EDIT_METRICS: Final = TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS
+NEIGHBOUR_METRICS: Final = (RELATED_ACCURACY, HARD_LOCALITY)
+EDIT_METRICS: Final = TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS + NEIGHBOUR_METRICS
 COST_METRICS: Final = (EDIT_SECONDS, EDIT_STEPS)
 # Sequential editing also scores each edit right after it is applied (before the later edits).
 IMMEDIATE_METRICS: Final = tuple(f"immediate_{metric}" for metric in TARGET_METRICS)
@@ -48,6 +55,8 @@ DISPLAY_NAMES: Final[dict[str, str]] = {
     RELIABILITY_GEN: "Rel (gen)",
     T_GENERALITY_GEN: "T-Gen (gen)",
     M_GENERALITY_GEN: "M-Gen (gen)",
+    RELATED_ACCURACY: "Related",
+    HARD_LOCALITY: "Hard-Loc",
     T_LOCALITY_ANSWERS: "T-Loc answers",
     M_LOCALITY_ANSWERS: "M-Loc answers",
     EDIT_SECONDS: "seconds / edit",
@@ -66,14 +75,22 @@ TEXT_LOCALITY: Final = "text_locality"
 MULTIMODAL_LOCALITY: Final = "multimodal_locality"
 CASES: Final = (EDIT, REPHRASE, IMAGE_REPHRASE, TEXT_LOCALITY, MULTIMODAL_LOCALITY)
 
+# Neighbour cases: a list of inputs per record (the world's `related` and `hard_loc`; MMEdit has none),
+# each scored as the mean over its inputs.
+RELATED: Final = "related"
+HARD_NEIGHBOURS: Final = "hard_neighbours"
+NEIGHBOUR_CASES: Final = (RELATED, HARD_NEIGHBOURS)
+
 CASE_METRIC: Final[dict[str, str]] = {
     EDIT: RELIABILITY,
     REPHRASE: T_GENERALITY,
     IMAGE_REPHRASE: M_GENERALITY,
     TEXT_LOCALITY: T_LOCALITY,
     MULTIMODAL_LOCALITY: M_LOCALITY,
+    RELATED: RELATED_ACCURACY,
+    HARD_NEIGHBOURS: HARD_LOCALITY,
 }
-LOCALITY_TOP_K: Final[dict[str, int]] = {T_LOCALITY: 1, M_LOCALITY: 10}
+LOCALITY_TOP_K: Final[dict[str, int]] = {T_LOCALITY: 1, M_LOCALITY: 10, HARD_LOCALITY: 10}
 """Ranks compared by the `sequence_topk` scorer: top-1 for text, ordered top-10 for multimodal (EasyEdit)."""
 TARGET_CASES: Final = (EDIT, REPHRASE, IMAGE_REPHRASE)
 LOCALITY_CASES: Final = (TEXT_LOCALITY, MULTIMODAL_LOCALITY)

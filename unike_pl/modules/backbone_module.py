@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+from torchmetrics import MetricCollection
 
 from unike_pl.backbones.loader import Backbone, BackboneConfig, load_backbone
 
@@ -48,3 +49,11 @@ class BackboneModule(L.LightningModule):
             "dtype": self.backbone_config.dtype,
             "prompt_format": self.backbone_config.prompt_format,
         }
+
+
+def log_scored(module: L.LightningModule, metrics: MetricCollection, batch_size: int) -> None:
+    """Log the metrics of a collection that have been updated: the neighbour metrics exist only for data
+    with neighbours (the embedded world), and a metric never updated cannot be computed."""
+    for key, metric in metrics.items():
+        if metric.update_count:
+            module.log(key, metric, batch_size=batch_size)

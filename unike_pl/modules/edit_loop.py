@@ -20,14 +20,16 @@ from unike_pl.editing.base import Editor
 from unike_pl.editing.store import EditResultStore, as_tensors
 from unike_pl.metrics import names
 from unike_pl.metrics.editing import SampleMean, build_editing_metrics
-from unike_pl.modules.backbone_module import BackboneModule
+from unike_pl.modules.backbone_module import BackboneModule, log_scored
 from unike_pl.pre_edit_cache import PreEditCache, file_digest
 from unike_pl.scoring import (
     PRE_EDIT_TOP_K,
+    PreEdit,
     Scores,
     ScoringConfig,
     add_scores,
     locality_scores_after_edit,
+    neighbour_scores,
     pre_edit_predictions,
     target_scores,
 )
@@ -89,16 +91,16 @@ class EditingLoop(BackboneModule):
                 "files": {str(f): file_digest(f) for f in files if f},
                 "data": data_settings,
                 "top_k": PRE_EDIT_TOP_K,
+                "cases": [*names.LOCALITY_CASES, names.HARD_NEIGHBOURS],
             }
             self.pre_edit_cache = PreEditCache(self.scoring.pre_edit_cache, key)
 
-    def _pre_edit(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def _pre_edit(self, batch: dict[str, Any]) -> PreEdit:
         """The unedited model's top-k ids on the batch's locality inputs, from the cache when it has them."""
-        compute = lambda: pre_edit_predictions(self.mllm, batch["cases"])  # noqa: E731
+        compute = lambda: pre_edit_predictions(self.mllm, batch)  # noqa: E731
         if self.pre_edit_cache is None:
             return compute()
-        cached = self.pre_edit_cache.predictions(batch["record"].tolist(), compute)
-        return {case: ids.to(self.device, torch.long) for case, ids in cached.items()}
+        return self.pre_edit_cache.predictions(batch["record"].tolist(), compute)
 
     def on_validation_start(self) -> None:
         self._start()
@@ -125,6 +127,7 @@ class EditingLoop(BackboneModule):
             with editor.answering() as model:
                 final = target_scores(model, batch, self.scoring)
                 final.update(locality_scores_after_edit(model, batch, self.scoring, pre_topk))
+                final.update(neighbour_scores(model, batch, self.scoring, pre_topk))
         finally:
             editor.restore()
         return final, {k: torch.cat(v) for k, v in immediate.items() if v}, reports
@@ -147,7 +150,7 @@ class EditingLoop(BackboneModule):
         for report in reports:
             self.cost[stage][names.EDIT_SECONDS].update(report["seconds"])
             self.cost[stage][names.EDIT_STEPS].update(report["steps"])
-        self.log_dict(self.metrics[stage], batch_size=len(records))
+        log_scored(self, self.metrics[stage], len(records))
         if immediate:
             self.log_dict(self.immediate[stage], batch_size=len(records))
         for key, metric in self.cost[stage].items():

@@ -12,6 +12,7 @@ from unike_pl.editing.editor import IntrinsicConfig, UniKEEditor
 from unike_pl.editing.latent import KnowledgeInjection, LatentConfig, LayerKnowledge
 from unike_pl.knowledge.datamodule import MemoryConfig, load_memory
 from unike_pl.knowledge.encoders import DisentangledEncoders
+from unike_pl.ldke.localization import LocalizationConfig
 from unike_pl.modules.edit_loop import EditingLoop
 from unike_pl.scoring import ScoringConfig
 
@@ -37,6 +38,7 @@ class EditingModule(EditingLoop):
         fast_tail: bool = True,
         memory_sample: int = 2000,
         seed: int = 0,
+        localization: LocalizationConfig | None = None,
     ) -> None:
         """
         Args:
@@ -53,6 +55,8 @@ class EditingModule(EditingLoop):
                 False runs the full model at every step (same results, slower).
             memory_sample: unrelated FFN inputs (from the memory) that the new neurons must stay silent on.
             seed: seed of the neurons' key jitter.
+            localization: LDKE's fast localization: each edit's neurons go into the `localization.layers`
+                edited layers that carry its fact; None puts them into every edited layer.
         """
         super().__init__(backbone, scoring, edits_dir, seed)
         self.save_hyperparameters()
@@ -60,6 +64,7 @@ class EditingModule(EditingLoop):
         self.intrinsic = intrinsic
         self.latent = latent
         self.in_context = in_context
+        self.localization = localization
         self.encoders: DisentangledEncoders | None = None
 
     @property
@@ -110,6 +115,7 @@ class EditingModule(EditingLoop):
             fast_tail=self.hparams.fast_tail,
             seed=self.hparams.seed,
             in_context=in_context,
+            localization=self.localization,
         )
 
     def method_settings(self) -> dict[str, Any]:
@@ -119,4 +125,5 @@ class EditingModule(EditingLoop):
             "in_context": vars(self.in_context) if self.in_context else None,
             "edited_layers": self.memory_config.edited_layers,
             "fast_tail": self.hparams.fast_tail,
+            **({"localization": vars(self.localization)} if self.localization else {}),
         }

@@ -9,17 +9,19 @@ from torchmetrics import MetricCollection
 
 from unike_pl.backbones.loader import BackboneConfig
 from unike_pl.metrics import names
-from unike_pl.metrics.editing import GenerationAccuracy, TargetScore
-from unike_pl.modules.backbone_module import BackboneModule
-from unike_pl.scoring import ScoringConfig, add_scores, locality_answer_scores, target_scores
+from unike_pl.metrics.editing import GenerationAccuracy, RelatedAccuracy, TargetScore
+from unike_pl.modules.backbone_module import BackboneModule, log_scored
+from unike_pl.scoring import ScoringConfig, add_scores, locality_answer_scores, related_scores, target_scores
 
 STAGES = ("val", "test")
 
 
 def pre_edit_metrics(scoring: ScoringConfig) -> MetricCollection:
-    """Target scores of the edit cases plus the accuracy on the locality questions' own answers."""
+    """Target scores of the edit cases, the accuracy on the locality questions' own answers and, on data
+    with neighbours, on the related questions (what the edit should change)."""
     keys = names.TARGET_METRICS + names.ANSWER_METRICS
     metrics: dict[str, Any] = {key: TargetScore(scoring.target_scorer) for key in keys}
+    metrics[names.RELATED_ACCURACY] = RelatedAccuracy()
     if scoring.generation:
         metrics.update({key: GenerationAccuracy(key) for key in names.GENERATION_METRICS})
     return MetricCollection(metrics, compute_groups=False)
@@ -30,8 +32,9 @@ class PreEditEvaluation(BackboneModule):
 
     Rel / T-Gen / M-Gen here are the unedited model's scores on the edit targets (low on MMEdit, whose
     targets are the answers the model got wrong); `*_answer_acc` is its accuracy on the locality
-    questions, i.e. how much real knowledge the locality metrics protect. Locality itself needs an edit
-    and is not reported here.
+    questions, i.e. how much real knowledge the locality metrics protect; `related_accuracy` (data with
+    neighbours) its accuracy on the questions an edit implies. Locality itself needs an edit and is not
+    reported here.
     """
 
     def __init__(self, backbone: BackboneConfig, scoring: ScoringConfig | None = None) -> None:
@@ -51,7 +54,8 @@ class PreEditEvaluation(BackboneModule):
         metrics = self.metrics[stage]
         add_scores(metrics, target_scores(self.mllm, batch, self.scoring))
         add_scores(metrics, locality_answer_scores(self.mllm, batch, self.scoring))
-        self.log_dict(metrics, batch_size=len(batch["record"]))
+        add_scores(metrics, related_scores(self.mllm, batch, self.scoring))
+        log_scored(self, metrics, len(batch["record"]))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._score(batch, "val")

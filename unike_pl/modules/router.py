@@ -1,0 +1,91 @@
+"""DisentanglementClassifierModule: trains LDKE's router with `fit` and checkpoints it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchmetrics import MeanMetric
+
+from unike_pl.backbones.loader import BackboneConfig
+from unike_pl.ldke.router import KINDS, DisentanglementClassifier, RouterConfig, batch_features, routing_loss
+from unike_pl.modules.backbone_module import BackboneModule
+
+CLASSIFIER = "classifier."
+"""Prefix of the classifier's weights in this module's checkpoints (what LDKE loads)."""
+
+
+class DisentanglementClassifierModule(BackboneModule):
+    """`fit` on an MMEdit-format split whose records carry neighbours (the embedded world): every batch of
+    `data.train_batch_size` records pairs each edit with its own in-scope inputs (edit, rephrase, image
+    rephrase, related questions), its own hard out-of-scope inputs (locality cases, hard neighbours) and
+    every input of the other records. Logs the routing accuracy per kind of input; the checkpoint holds
+    the classifier only (`classifier.*`)."""
+
+    def __init__(self, backbone: BackboneConfig, router: RouterConfig | None = None) -> None:
+        """
+        Args:
+            backbone: the frozen model whose states the router reads (the model LDKE edits).
+            router: the classifier and its training.
+        """
+        super().__init__(backbone)
+        self.save_hyperparameters()
+        self.router = router or RouterConfig()
+        self.classifier: DisentanglementClassifier | None = None
+        self.routed = torch.nn.ModuleDict(
+            {
+                f"{stage}_routed": torch.nn.ModuleDict(
+                    {kind: MeanMetric() for kind in (*KINDS, "other_edits")}
+                )
+                for stage in ("train", "val")
+            }
+        )
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.classifier is None:
+            self.classifier = DisentanglementClassifier(self.mllm.hidden_size, self.router)
+
+    def train(self, mode: bool = True) -> DisentanglementClassifierModule:
+        super().train(mode)
+        if self.backbone is not None:
+            self.backbone.eval()  # frozen: its states are the router's inputs
+        return self
+
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        edits, inputs = batch_features(self.mllm, batch, self.router.feature_layer)
+        out = routing_loss(self.classifier, edits, inputs, self.router.threshold)
+        records = len(edits)
+        self.log(f"{stage}/loss", out.loss, batch_size=records, prog_bar=True)
+        metrics = self.routed[f"{stage}_routed"]
+        for kind, correct in {**out.routed, "other_edits": out.other_edits}.items():
+            metrics[kind].update(correct.float())
+            self.log(f"{stage}/routed_{kind}", metrics[kind], batch_size=records)
+        return out.loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.classifier.parameters(), lr=self.router.learning_rate)
+
+
+def load_classifier(path: str, hidden_size: int, config: RouterConfig) -> DisentanglementClassifier:
+    """The classifier of a DisentanglementClassifierModule checkpoint."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path}: no router checkpoint; train one with `fit --config configs/ldke_router.yaml`"
+        )
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k[len(CLASSIFIER) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(CLASSIFIER)}
+    if not state:
+        raise ValueError(
+            f"{path}: no router weights ({CLASSIFIER}*); is it a DisentanglementClassifierModule checkpoint?"
+        )
+    classifier = DisentanglementClassifier(hidden_size, config)
+    classifier.load_state_dict(state)
+    return classifier.requires_grad_(False).eval()
