@@ -36,7 +36,7 @@ def metric_bars(rows: list[dict[str, Any]], protocols: list[str], methods: list[
         len(protocols), 1, figsize=(11, 3.4 * len(protocols)), squeeze=False, gridspec_kw={"hspace": 0.4}
     )
     width = 0.8 / max(len(methods), 1)
-    colours = plt.get_cmap("tab10")
+    colours = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors]  # 18 distinct colours
     for axis, protocol in zip(axes[:, 0], protocols, strict=True):
         scored = {row["method"]: row for row in rows if row["protocol"] == protocol}
         for i, method in enumerate(methods):
@@ -44,7 +44,7 @@ def metric_bars(rows: list[dict[str, Any]], protocols: list[str], methods: list[
                 continue
             values = [scored[method][metric] or 0.0 for metric in PLOTTED]
             positions = [m + (i - (len(methods) - 1) / 2) * width for m in range(len(PLOTTED))]
-            axis.bar(positions, values, width, label=method, color=colours(i % 10))
+            axis.bar(positions, values, width, label=method, color=colours[i % len(colours)])
         axis.set_xticks(range(len(PLOTTED)), [names.DISPLAY_NAMES[m] for m in PLOTTED])
         axis.set_ylim(0, 100)
         axis.set_ylabel("score (×100)")
