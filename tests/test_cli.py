@@ -111,6 +111,11 @@ def test_editing_configs_read_the_memory_that_disentangle_builds():
             settings = settings[key]
         return settings["memory"]
 
-    built = memory("disentangle.yaml", "data", "init_args")
-    for name in ("edit_vqa.yaml", "edit_caption.yaml"):
-        assert memory(name, "model", "init_args") == built, name
+    pairs = {
+        "disentangle.yaml": ("edit_vqa.yaml", "edit_caption.yaml"),
+        "disentangle_smollm2.yaml": ("edit_vqa_smollm2.yaml",),
+    }
+    for source, editors in pairs.items():
+        built = memory(source, "data", "init_args")
+        for name in editors:
+            assert memory(name, "model", "init_args") == built, name

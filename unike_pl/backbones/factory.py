@@ -54,6 +54,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedT
 
 
 @dataclass
+class BridgeSize:
+    """Dimensions of a BLIP-2 vision stack: ViT, Q-Former and query tokens."""
+
+    vision_hidden: int = 96
+    vision_layers: int = 2
+    qformer_layers: int = 1
+    heads: int = 4
+    query_tokens: int = 8
+    image_size: int = 64
+    patch_size: int = 8
+
+
+@dataclass
 class ModelSize:
     """Dimensions of a small MLLM built from config."""
 
@@ -68,6 +81,18 @@ class ModelSize:
     image_size: int = 32
     patch_size: int = 8
     max_positions: int = 128
+
+    @property
+    def bridge(self) -> BridgeSize:
+        return BridgeSize(
+            vision_hidden=self.vision_hidden,
+            vision_layers=self.vision_layers,
+            qformer_layers=self.qformer_layers,
+            heads=self.heads,
+            query_tokens=self.query_tokens,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+        )
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
@@ -101,52 +126,72 @@ def build_blip2(
     language: str = "opt",
 ) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
     """A BLIP-2 with an OPT (BLIP-2 OPT) or LLaMA (MiniGPT-4 style) language model."""
+    config = blip2_config(
+        size.bridge,
+        _language_config(tokenizer, size, language).to_dict(),
+        tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+    )
+    model = Blip2ForConditionalGeneration(config)
+    init_bridge(model, size.bridge)
+    return model, blip2_processor(tokenizer, size.bridge)
+
+
+def blip2_config(bridge: BridgeSize, text_config: dict[str, Any], image_token_index: int) -> Blip2Config:
+    """A BLIP-2 config: a vision stack of size `bridge` in front of the language model `text_config`."""
     # Blip2VisionConfig defaults to initializer_range=1e-10 (its weights always come from a checkpoint);
     # a model trained from scratch needs a real initialisation.
     vision = dict(
         initializer_range=INITIALIZER_RANGE,
-        hidden_size=size.vision_hidden,
-        intermediate_size=2 * size.vision_hidden,
-        num_hidden_layers=size.vision_layers,
-        num_attention_heads=size.heads,
-        image_size=size.image_size,
-        patch_size=size.patch_size,
+        hidden_size=bridge.vision_hidden,
+        intermediate_size=2 * bridge.vision_hidden,
+        num_hidden_layers=bridge.vision_layers,
+        num_attention_heads=bridge.heads,
+        image_size=bridge.image_size,
+        patch_size=bridge.patch_size,
     )
     qformer = dict(
-        hidden_size=size.vision_hidden,
-        intermediate_size=2 * size.vision_hidden,
-        num_hidden_layers=size.qformer_layers,
-        num_attention_heads=size.heads,
-        encoder_hidden_size=size.vision_hidden,
+        hidden_size=bridge.vision_hidden,
+        intermediate_size=2 * bridge.vision_hidden,
+        num_hidden_layers=bridge.qformer_layers,
+        num_attention_heads=bridge.heads,
+        encoder_hidden_size=bridge.vision_hidden,
         vocab_size=2,
     )
     config = Blip2Config(
         vision_config=vision,
         qformer_config=qformer,
-        text_config=_language_config(tokenizer, size, language).to_dict(),
-        num_query_tokens=size.query_tokens,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        text_config=text_config,
+        num_query_tokens=bridge.query_tokens,
+        image_token_index=image_token_index,
     )
     config.architectures = ["Blip2ForConditionalGeneration"]
+    return config
+
+
+def blip2_processor(tokenizer: Any, bridge: BridgeSize) -> Blip2Processor:
+    """BLIP-2's processor: bicubic resize to the vision stack's image size, CLIP normalisation."""
     image_processor = BlipImageProcessor(
-        size={"height": size.image_size, "width": size.image_size},
+        size={"height": bridge.image_size, "width": bridge.image_size},
         image_mean=list(CLIP_MEAN),
         image_std=list(CLIP_STD),
         resample=3,
     )
-    processor = Blip2Processor(
-        image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=size.query_tokens
+    return Blip2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=bridge.query_tokens
     )
-    model = Blip2ForConditionalGeneration(config)
-    with torch.no_grad():  # transformers leaves the query tokens at zero: identical queries never diverge
-        model.query_tokens.normal_(std=INITIALIZER_RANGE)
-        # A small ViT trained from scratch learns where things are only slowly from random position
-        # embeddings; starting from a 2-D sine-cosine grid (as MAE does) gives it positions at once.
-        embedding = model.vision_model.embeddings.position_embedding  # (1, 1 + patches, hidden)
-        grid = size.image_size // size.patch_size
-        embedding[0, 0] = 0.0
-        embedding[0, 1:] = sincos_grid(grid, embedding.shape[-1])
-    return model, processor
+
+
+@torch.no_grad()
+def init_bridge(model: Blip2ForConditionalGeneration, bridge: BridgeSize) -> None:
+    """Initialise what transformers leaves unusable for training a vision stack from scratch."""
+    # transformers leaves the query tokens at zero: identical queries never diverge
+    model.query_tokens.normal_(std=INITIALIZER_RANGE)
+    # A small ViT trained from scratch learns where things are only slowly from random position
+    # embeddings; starting from a 2-D sine-cosine grid (as MAE does) gives it positions at once.
+    embedding = model.vision_model.embeddings.position_embedding  # (1, 1 + patches, hidden)
+    grid = bridge.image_size // bridge.patch_size
+    embedding[0, 0] = 0.0
+    embedding[0, 1:] = sincos_grid(grid, embedding.shape[-1])
 
 
 def sincos_grid(side: int, dim: int) -> torch.Tensor:

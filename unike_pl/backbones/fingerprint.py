@@ -6,7 +6,7 @@ import functools
 import hashlib
 from pathlib import Path
 
-from unike_pl.backbones.loader import BackboneConfig
+from unike_pl.backbones.loader import BackboneConfig, ensure_available
 
 CHUNK = 1 << 20
 
@@ -18,6 +18,7 @@ def backbone_fingerprint(config: BackboneConfig) -> str:
     A folder is read once per process while its files keep their sizes and modification times: the
     weights of a large model take minutes to hash.
     """
+    ensure_available(config)
     settings = f"dtype={config.dtype};format={config.prompt_format}"
     folder = Path(config.name_or_path)
     if not folder.is_dir():

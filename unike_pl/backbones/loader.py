@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoConfig, AutoProcessor
 from transformers.activations import ACT2FN
 
+from unike_pl.backbones.assembly import assemble_if_needed
 from unike_pl.backbones.encoding import PromptEncoder, sample_inputs
 from unike_pl.backbones.layouts import DecoderLayout, MLLMLayout, decoder_layout, mllm_layout
 from unike_pl.backbones.prompts import get_prompt_format
@@ -32,6 +33,15 @@ class BackboneConfig:
     """Prompt wrapper (blip2, minigpt4, llava15, qwen2vl); None picks the backbone's own."""
     local_files_only: bool = False
     """Never contact the hub (set this on machines without network)."""
+    assemble_from: str | None = None
+    """A bridge folder (`bridge.json` + `bridge.safetensors`): `name_or_path` is then a local cache folder,
+    assembled from the bridge and the installed language-model package when it does not hold that model."""
+
+
+def ensure_available(config: BackboneConfig) -> None:
+    """Assemble the model folder first when the config says it is built from a shipped bridge."""
+    if config.assemble_from is not None:
+        assemble_if_needed(config.name_or_path, config.assemble_from)
 
 
 def resolve_layout(hf_config: Any) -> tuple[str, MLLMLayout]:
@@ -43,6 +53,7 @@ def resolve_layout(hf_config: Any) -> tuple[str, MLLMLayout]:
 
 def load_encoder(config: BackboneConfig, hf_config: Any | None = None) -> PromptEncoder:
     """The tokenizer, image processor and prompt format of a backbone, without its weights."""
+    ensure_available(config)
     if hf_config is None:
         hf_config = AutoConfig.from_pretrained(config.name_or_path, local_files_only=config.local_files_only)
     _, layout = resolve_layout(hf_config)
@@ -58,6 +69,7 @@ def load_backbone(config: BackboneConfig) -> Backbone:
     """Load weights and processor of a supported MLLM, in eval mode with all weights frozen."""
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype {config.dtype!r} is not one of {sorted(DTYPES)}")
+    ensure_available(config)
     hf_config = AutoConfig.from_pretrained(config.name_or_path, local_files_only=config.local_files_only)
     architecture, _ = resolve_layout(hf_config)
     model_class = getattr(transformers, architecture)
@@ -160,7 +172,7 @@ class Backbone(nn.Module):
         """Greedy answers to each prompt of the batch (its targets are ignored).
 
         A plain loop over full forwards: it runs any backbone and any editing hook the same way.
-        Decoding stops at EOS; the text is cut at the first newline.
+        Decoding stops at EOS or at a token holding a newline; the text is cut at the first newline.
         """
         tokenizer = self.encoder.tokenizer
         answers = []
@@ -176,6 +188,8 @@ class Backbone(nn.Module):
                 if next_token == tokenizer.eos_token_id:
                     break
                 new_tokens.append(next_token)
+                if "\n" in tokenizer.decode([next_token]):
+                    break  # the answer is cut there anyway
                 ids = torch.cat([ids, ids.new_tensor([[next_token]])], dim=1)
             text = tokenizer.decode(new_tokens, skip_special_tokens=True)
             answers.append(text.split("\n")[0].strip())

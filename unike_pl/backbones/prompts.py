@@ -74,6 +74,15 @@ PROMPT_FORMATS: dict[str, PromptFormat] = {
             multimodal="{bos}USER: {image}\n{prompt} ASSISTANT:",
             text_only="{bos}USER: {prompt} ASSISTANT:",
         ),
+        # SmolLM2-135M-Instruct inside BLIP-2 (the SmolLM2 embedded model): its chat template makes it answer
+        # in sentences, while the plain QA wrapper gets a short answer first. Text-only questions carry one
+        # worked example, which doubles the factual questions it answers exactly (55 vs 22 of 129 measured).
+        PromptFormat(
+            "smollm2",
+            multimodal="{image}Question: {prompt} Short answer:",
+            text_only="Question: What is the largest city in the United States? Short answer: New York\n"
+            "Question: {prompt} Short answer:",
+        ),
         PromptFormat(
             "qwen2vl",
             multimodal="<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{prompt}<|im_end|>\n<|im_start|>assistant\n",

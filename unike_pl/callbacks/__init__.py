@@ -1,6 +1,6 @@
 """Callbacks shared by the project's runs."""
 
-from unike_pl.callbacks.export import ExportPretrained
+from unike_pl.callbacks.export import ExportBridge, ExportPretrained
 from unike_pl.callbacks.report import ResultsReport
 
-__all__ = ["ExportPretrained", "ResultsReport"]
+__all__ = ["ExportBridge", "ExportPretrained", "ResultsReport"]

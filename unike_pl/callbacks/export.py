@@ -1,4 +1,4 @@
-"""Save a trained backbone as a plain transformers folder that the loader opens like a hub model."""
+"""Save what `fit` trained: a whole backbone as a transformers folder, or only a BLIP-2 bridge."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from unike_pl.backbones.assembly import save_bridge
 from unike_pl.backbones.factory import save_backbone
 from unike_pl.io import atomic_directory
 
@@ -35,3 +36,19 @@ class ExportPretrained(L.Callback):
                 save_backbone(model, backbone.encoder.processor, staging)
             finally:
                 model.to(original)
+
+
+class ExportBridge(L.Callback):
+    """At the end of `fit`, write the trained vision stack of `pl_module.backbone` (bridge weights and
+    sizes, see `unike_pl.backbones.assembly`) to `output_dir` atomically."""
+
+    def __init__(self, output_dir: str) -> None:
+        """
+        Args:
+            output_dir: the bridge folder to write (replaced whole when it exists).
+        """
+        self.output_dir = Path(output_dir)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            save_bridge(pl_module.backbone.model, pl_module.bridge, self.output_dir)

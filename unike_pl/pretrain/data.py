@@ -44,7 +44,8 @@ def perceived_attributes(item: dict[str, Any]) -> tuple[int, ...] | None:
 
 
 class PretrainDataset(Dataset):
-    """Pretraining examples; text-only facts can be repeated, since a fact is learnt by seeing it often."""
+    """Pretraining examples; text-only facts can be repeated, since a fact is learnt by seeing it often, or
+    left out (`text_repeats` 0)."""
 
     def __init__(self, file: Path, image_root: Path, text_repeats: int = 1) -> None:
         self.file, self.image_root = file, image_root
@@ -56,7 +57,12 @@ class PretrainDataset(Dataset):
             if missing:
                 raise ValueError(f"{file}, record {index}, field {missing[0]!r}: missing")
         text = [i for i, item in enumerate(self.items) if item["image"] is None]
-        self.order = list(range(len(self.items))) + text * (text_repeats - 1)
+        if text_repeats < 0:
+            raise ValueError(f"text_repeats must be 0 or more, not {text_repeats}")
+        if text_repeats == 0:
+            self.order = [i for i, item in enumerate(self.items) if item["image"] is not None]
+        else:
+            self.order = list(range(len(self.items))) + text * (text_repeats - 1)
 
     def __len__(self) -> int:
         return len(self.order)
@@ -107,7 +113,8 @@ class WorldPretrainDataModule(L.LightningDataModule):
             backbone: the model folder whose tokenizer and image processor encode the batches.
             batch_size: examples per batch.
             num_workers: DataLoader worker processes.
-            text_repeats: how often each text-only fact appears per training epoch.
+            text_repeats: how often each text-only fact appears per training epoch; 0 leaves them out of
+                training and validation (a frozen language model cannot learn the world's facts).
         """
         super().__init__()
         self.world_root = Path(world_root)
@@ -120,7 +127,7 @@ class WorldPretrainDataModule(L.LightningDataModule):
             split: PretrainDataset(
                 self.world_root / file,
                 self.world_root / IMAGE_ROOT,
-                self.text_repeats if split == "train" else 1,
+                self.text_repeats if split == "train" else min(1, self.text_repeats),
             )
             for split, file in SPLIT_FILES.items()
         }

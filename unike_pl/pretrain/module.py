@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
 
-import lightning as L
-import torch
-import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
-from torch import nn
-from torchmetrics import MeanMetric
 
 from unike_pl.backbones.factory import ModelSize
-from unike_pl.backbones.loader import Backbone, BackboneConfig, load_backbone
-from unike_pl.hooks import capture_output
-from unike_pl.losses import answer_loss_sum
-from unike_pl.metrics.scorers import exact_match
+from unike_pl.backbones.loader import BackboneConfig, load_backbone
 from unike_pl.pretrain.init_model import init_world_model
-from unike_pl.world.scenes import ASKED_ATTRIBUTES, VOCABULARY
-
-CATEGORIES = (
-    *(f"{kind}_{attribute}" for kind in ("vqa", "verify", "compose") for attribute in ASKED_ATTRIBUTES),
-    "caption",
-    "text",
-)
+from unike_pl.pretrain.training import WorldTraining
 
 
-class WorldPretraining(L.LightningModule):
+class WorldPretraining(WorldTraining):
     """`fit` trains a small BLIP-2 OPT on the world's pretraining corpus; ExportPretrained saves it."""
 
     def __init__(
@@ -54,18 +38,13 @@ class WorldPretraining(L.LightningModule):
             weight_decay: AdamW weight decay.
             warmup_steps: linear warm-up steps before cosine decay.
             attribute_loss_weight: weight of the auxiliary loss that predicts each scene attribute from the
-                vision encoder's output tokens (mean-pooled). A vision stack trained from scratch learns
-                only slowly through the language loss alone; the heads are not part of the exported model.
+                vision encoder's output tokens (mean-pooled); the heads are not part of the exported model.
             seed: initialisation seed.
         """
-        super().__init__()
+        model_size = size or ModelSize()
+        super().__init__(model_size.vision_hidden)
         self.save_hyperparameters()
-        self.size = size or ModelSize()
-        self.backbone: Backbone | None = None
-        self.exact = nn.ModuleDict({category: MeanMetric() for category in CATEGORIES})
-        self.attribute_heads = nn.ModuleDict(
-            {name: nn.Linear(self.size.vision_hidden, len(VOCABULARY[name])) for name in ASKED_ATTRIBUTES}
-        )
+        self.size = model_size
 
     @property
     def backbone_config(self) -> BackboneConfig:
@@ -92,68 +71,3 @@ class WorldPretraining(L.LightningModule):
             # kept: the model trains without dropout (the world is small and each scene is seen few times).
             self.backbone = load_backbone(self.backbone_config)
             self.backbone.model.requires_grad_(True)
-
-    def _loss(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        total, tokens, attribute_loss = 0.0, 0, torch.zeros((), device=self.device)
-        for group in batch.values():
-            with capture_output(self.backbone.model.vision_model) as vision:
-                logits = self.backbone(group["inputs"])
-            loss_sum, count = answer_loss_sum(logits, group["inputs"]["labels"])
-            total, tokens = total + loss_sum, tokens + count
-            if "attributes" in group:
-                attribute_loss = self._attribute_loss(vision["output"].last_hidden_state, group["attributes"])
-            if stage == "val":
-                self._update_accuracy(logits, group)
-        loss = total / tokens
-        size = sum(len(g["categories"]) for g in batch.values())
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size)
-        self.log(f"{stage}/attribute_loss", attribute_loss, batch_size=size)
-        return loss + self.hparams.attribute_loss_weight * attribute_loss
-
-    def _attribute_loss(self, embeddings: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of every attribute head on the vision tokens (batch, patches + 1, hidden)."""
-        pooled = embeddings.mean(dim=1)  # (batch, hidden)
-        losses = [
-            F.cross_entropy(head(pooled), attributes[:, i])
-            for i, head in enumerate(self.attribute_heads.values())
-        ]
-        return torch.stack(losses).mean()
-
-    def _update_accuracy(self, logits: torch.Tensor, group: dict[str, Any]) -> None:
-        scores = exact_match(logits, group["inputs"]["labels"])
-        for category, score in zip(group["categories"], scores, strict=True):
-            self.exact[category].update(score)
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._loss(batch, "train")
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._loss(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        for category, metric in self.exact.items():
-            if metric.update_count:
-                self.log(f"val/exact_{category}", metric.compute() * 100)
-            metric.reset()
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "embed" not in n]
-        no_decay = [p for n, p in self.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.hparams.learning_rate,
-        )
-        total = max(1, self.trainer.estimated_stepping_batches)
-        warmup = min(self.hparams.warmup_steps, total // 2)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

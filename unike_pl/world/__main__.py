@@ -1,6 +1,7 @@
 """Generate the synthetic world.
 
-Usage: `python -m unike_pl.world --root data/world --seed 0 [--scale small|default] [--overwrite]`.
+Usage: `python -m unike_pl.world --root data/world --seed 0 [--scale small|default] [--overwrite]
+[--text-locality data/factual_loc/questions.jsonl]`.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", choices=sorted(SCALES), default="default", help="how much to generate")
     parser.add_argument("--image-size", type=int, default=64, help="side of the square images, in pixels")
     parser.add_argument("--workers", type=int, default=None, help="rendering processes (default: automatic)")
+    parser.add_argument(
+        "--text-locality",
+        default=None,
+        help="JSON Lines file of real loc / loc_ans questions to use as the records' text locality",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace whatever --root holds")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    status = world_status(args.root, args.seed, args.scale, args.image_size)
+    status = world_status(args.root, args.seed, args.scale, args.image_size, args.text_locality)
     if status == "up_to_date" and not args.overwrite:
         print(
             f"world at {args.root} is up to date (seed {args.seed}, scale {args.scale}, "
@@ -43,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             image_size=args.image_size,
             overwrite=args.overwrite,
             workers=args.workers,
+            text_locality=args.text_locality,
         )
     except WorldError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from unike_pl.factual import questions_digest, read_questions
 from unike_pl.io import atomic_write_json
 from unike_pl.world import language
 from unike_pl.world.confusions import RULES
@@ -95,7 +96,13 @@ EDIT_SPLITS: tuple[tuple[str, str], ...] = (
 PRETRAIN_SPLITS: tuple[str, ...] = ("pretrain_train", "pretrain_val")
 
 
-def world_status(root: str | Path, seed: int = 0, scale: str = "default", image_size: int = 64) -> Status:
+def world_status(
+    root: str | Path,
+    seed: int = 0,
+    scale: str = "default",
+    image_size: int = 64,
+    text_locality: str | Path | None = None,
+) -> Status:
     """Whether `root` holds no world, exactly this world, another world, or something that is no world."""
     root = Path(root)
     if not (root / MANIFEST_NAME).exists():
@@ -104,8 +111,20 @@ def world_status(root: str | Path, seed: int = 0, scale: str = "default", image_
         manifest = load_manifest(root)
     except WorldError:
         return "not_a_world"
-    wanted = {"version": GENERATOR_VERSION, "seed": seed, "scale": scale, "image_size": image_size}
-    return "up_to_date" if identity(manifest) == wanted else "different"
+    return (
+        "up_to_date" if identity(manifest) == _wanted(seed, scale, image_size, text_locality) else "different"
+    )
+
+
+def _wanted(seed: int, scale: str, image_size: int, text_locality: str | Path | None) -> dict[str, Any]:
+    digest = questions_digest(read_questions(text_locality)) if text_locality is not None else None
+    return {
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "scale": scale,
+        "image_size": image_size,
+        "text_locality": digest,
+    }
 
 
 def generate_world(
@@ -115,19 +134,22 @@ def generate_world(
     image_size: int = 64,
     overwrite: bool = False,
     workers: int | None = None,
+    text_locality: str | Path | None = None,
 ) -> dict[str, Any]:
     """Generate the synthetic world under `root` and return its manifest.
 
     A world already there with the same version, seed, scale and image size is left as it is (unless
     `overwrite`); any other content of `root` is an error unless `overwrite`. `workers` processes render
-    in parallel (default: all cores for large worlds); the files do not depend on it.
+    in parallel (default: all cores for large worlds); the files do not depend on it. `text_locality`, a
+    JSON Lines file of real `loc` / `loc_ans` pairs (`unike_pl.factual`), replaces the fictional facts as
+    the edit records' text-locality questions; everything else is the same as without it.
     """
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; expected one of {sorted(SCALES)}")
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16 pixels, not {image_size}")
     root = Path(root)
-    status = world_status(root, seed, scale, image_size)
+    status = world_status(root, seed, scale, image_size, text_locality)
     if status == "up_to_date" and not overwrite:
         logger.info(
             "world at %s is up to date (version %s, seed %d, scale %s)", root, GENERATOR_VERSION, seed, scale
@@ -136,8 +158,8 @@ def generate_world(
     if status == "different" and not overwrite:
         found = identity(load_manifest(root))
         raise WorldError(
-            f"{root / MANIFEST_NAME} describes another world {found}, not version "
-            f"{GENERATOR_VERSION} seed {seed} scale {scale} image_size {image_size}; "
+            f"{root / MANIFEST_NAME} describes another world {found}, not "
+            f"{_wanted(seed, scale, image_size, text_locality)}; "
             "pass overwrite=True (--overwrite) to replace it"
         )
     if status == "not_a_world" and not overwrite:
@@ -151,7 +173,7 @@ def generate_world(
     staging = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        manifest = _write_world(staging, seed, scale, image_size, workers)
+        manifest = _write_world(staging, seed, scale, image_size, workers, text_locality)
         _replace(staging, root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -213,16 +235,23 @@ def _mapper(
 
 
 def _write_world(
-    base: Path, seed: int, scale_name: str, image_size: int, workers: int | None
+    base: Path,
+    seed: int,
+    scale_name: str,
+    image_size: int,
+    workers: int | None,
+    text_locality: str | Path | None,
 ) -> dict[str, Any]:
     scale = SCALES[scale_name]
     facts = tuple(make_facts(seed, scale.countries))
+    questions = read_questions(text_locality) if text_locality is not None else []
     context = WorldContext(
         seed=seed,
         image_size=image_size,
         facts=facts,
         confused_scene_rate=scale.confused_scene_rate,
         questions_per_scene=scale.questions_per_scene,
+        text_locality=tuple((q["loc"], q["loc_ans"]) for q in questions),
     )
     n_items = sum(getattr(scale, split) for split in PRETRAIN_SPLITS) + sum(
         getattr(scale, s) for s, _ in EDIT_SPLITS
@@ -300,6 +329,11 @@ def _write_world(
             "facts": len(facts),
         },
     }
+    if questions:
+        # Only worlds with real text-locality questions carry these entries (other manifests are unchanged).
+        manifest["text_locality"] = questions_digest(questions)
+        manifest["text_locality_file"] = str(text_locality)
+        manifest["text_locality_questions"] = len(questions)
     # Written last: a folder without it is an incomplete world.
     atomic_write_json(base / MANIFEST_NAME, manifest)
     return manifest

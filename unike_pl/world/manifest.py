@@ -11,6 +11,8 @@ MANIFEST_NAME = "world.json"
 GENERATOR_VERSION = "1.0.0"
 # A world is "the same" as a request when these manifest entries agree.
 IDENTITY_KEYS: tuple[str, ...] = ("version", "seed", "scale", "image_size")
+# Identity entries that only some worlds have (absent = None): the digest of the text-locality questions.
+OPTIONAL_IDENTITY_KEYS: tuple[str, ...] = ("text_locality",)
 
 FILES: dict[str, str] = {
     "vqa_train": "vqa/vqa_train.json",
@@ -27,7 +29,7 @@ class WorldError(RuntimeError):
 
 
 def identity(manifest: dict[str, Any]) -> dict[str, Any]:
-    return {key: manifest.get(key) for key in IDENTITY_KEYS}
+    return {key: manifest.get(key) for key in IDENTITY_KEYS + OPTIONAL_IDENTITY_KEYS}
 
 
 def load_manifest(root: str | Path) -> dict[str, Any]:

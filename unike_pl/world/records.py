@@ -67,6 +67,16 @@ def _other_questions(
     ]
 
 
+def _text_locality(context: WorldContext, split: str, index: int) -> dict[str, str]:
+    """`loc` / `loc_ans` from the world's real factual questions, when it has them (its own stream, so
+    every other field is the same as in the world without them)."""
+    if not context.text_locality:
+        return {}
+    rng = stream(context.seed, split, index, Stream.TEXT_LOCALITY)
+    question, answer = context.text_locality[int(rng.integers(len(context.text_locality)))]
+    return {"loc": question, "loc_ans": answer}
+
+
 def build_edit_record(
     context: WorldContext, task: str, split: str, index: int
 ) -> tuple[dict[str, Any], list[ImageFile]]:
@@ -109,6 +119,7 @@ def build_edit_record(
         "image_rephrase": image,
         "loc": fact.question,
         "loc_ans": fact.answer,
+        **_text_locality(context, split, index),
         "m_loc": locality_image,
         "m_loc_q": language.question(
             locality_attribute, int(rng.integers(language.N_TEMPLATES)), locality_scene

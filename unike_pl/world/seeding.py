@@ -33,6 +33,7 @@ class Stream(IntEnum):
     SIMILAR_RENDER = 5
     TEXT = 6
     RULE = 7
+    TEXT_LOCALITY = 8
 
 
 def stream(seed: int, split: str, index: int, purpose: Stream) -> np.random.Generator:
