@@ -437,9 +437,12 @@ def test_write_results_rejects_bad_scores(tmp_path: Path) -> None:
 def test_atomic_writes_leave_ordinary_permissions(tmp_path):
     import os
 
-    from unike_pl.io import atomic_write_text
+    from unike_pl.io import atomic_directory, atomic_write_text
 
     atomic_write_text(tmp_path / "scores.json", "{}")
+    with atomic_directory(tmp_path / "model") as staging:
+        (staging / "config.json").write_text("{}")
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "scores.json").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o777 & ~mask

@@ -52,6 +52,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the folder is meant to be shared like any other
     try:
         yield staging
         if path.exists():
