@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.trainer.states import TrainerFn
 from safetensors.torch import load_file
 from transformers import Blip2ForConditionalGeneration
 
@@ -69,12 +68,8 @@ class BridgeTraining(WorldTraining):
         )
 
     def prepare_data(self) -> None:
-        if (Path(self.hparams.model_dir) / "config.json").is_file():
+        if not self.needs_starting_model():
             return
-        if self.trainer.state.fn != TrainerFn.FITTING:
-            raise FileNotFoundError(
-                f"model folder {self.hparams.model_dir} does not exist; train it with `fit`"
-            )
         torch.manual_seed(self.hparams.seed)
         model, processor = build_smollm2_blip2(self.bridge)
         if self.hparams.warm_start is not None:

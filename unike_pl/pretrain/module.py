@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from lightning.pytorch.trainer.states import TrainerFn
-
 from unike_pl.backbones.factory import ModelSize
 from unike_pl.backbones.loader import BackboneConfig, load_backbone
 from unike_pl.pretrain.init_model import init_world_model
@@ -51,12 +47,8 @@ class WorldPretraining(WorldTraining):
         return BackboneConfig(self.hparams.model_dir, local_files_only=True)
 
     def prepare_data(self) -> None:
-        if (Path(self.hparams.model_dir) / "config.json").is_file():
+        if not self.needs_starting_model():
             return
-        if self.trainer.state.fn != TrainerFn.FITTING:
-            raise FileNotFoundError(
-                f"model folder {self.hparams.model_dir} does not exist; train it with `fit`"
-            )
         init_world_model(
             self.hparams.world_root,
             self.hparams.model_dir,

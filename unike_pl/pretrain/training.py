@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -46,6 +48,17 @@ class WorldTraining(L.LightningModule):
         self.attribute_heads = nn.ModuleDict(
             {name: nn.Linear(vision_hidden, len(VOCABULARY[name])) for name in ASKED_ATTRIBUTES}
         )
+
+    def needs_starting_model(self) -> bool:
+        """Whether `fit` must first write the starting model to `hparams.model_dir`; outside `fit` a
+        missing model folder is an error."""
+        if (Path(self.hparams.model_dir) / "config.json").is_file():
+            return False
+        if self.trainer.state.fn != TrainerFn.FITTING:
+            raise FileNotFoundError(
+                f"model folder {self.hparams.model_dir} does not exist; train it with `fit`"
+            )
+        return True
 
     def _loss(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         total, tokens, attribute_loss = 0.0, 0, torch.zeros((), device=self.device)
