@@ -7,7 +7,7 @@ Each builder returns a randomly initialised transformers model and its processor
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -84,15 +84,8 @@ class ModelSize:
 
     @property
     def bridge(self) -> BridgeSize:
-        return BridgeSize(
-            vision_hidden=self.vision_hidden,
-            vision_layers=self.vision_layers,
-            qformer_layers=self.qformer_layers,
-            heads=self.heads,
-            query_tokens=self.query_tokens,
-            image_size=self.image_size,
-            patch_size=self.patch_size,
-        )
+        """The vision-stack part of these sizes."""
+        return BridgeSize(**{field.name: getattr(self, field.name) for field in fields(BridgeSize)})
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:

@@ -34,7 +34,7 @@ from unike_pl.backbones.encoding import EXAMPLES, IGNORE_INDEX, Example, KeptExa
 from unike_pl.backbones.loader import Backbone, BackboneConfig, load_backbone
 from unike_pl.editing.base import AnsweringModel, Editor, EditReport
 from unike_pl.editing.context import ContextView, end_aligned, fact_text
-from unike_pl.hooks import capture_output
+from unike_pl.knowledge.states import prompt_states
 from unike_pl.losses import answer_loss, kl_to_reference
 from unike_pl.metrics import names
 from unike_pl.metrics.scorers import exact_match, token_accuracy
@@ -80,22 +80,13 @@ class CounterfactualConfig:
 # --- scope features and classifier -------------------------------------------------------------------
 
 
-@torch.no_grad()
 def scope_features(
     backbone: Backbone, batch: Mapping[str, Any], layer: int = -1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The backbone's logits on `batch` and its scope features (batch, 2 * hidden): the mean and the last
     of `layer`'s output states over the prompt positions (image queries included, the target excluded)."""
-    with capture_output(backbone.layers[layer]) as captured:
-        logits = backbone(batch)
-    states = captured["output"]
-    states = (states[0] if isinstance(states, tuple) else states).float()  # (batch, seq, hidden)
-    prompt_length = batch["prompt_length"].to(states.device)
-    positions = torch.arange(states.shape[1], device=states.device)
-    in_prompt = (positions.unsqueeze(0) < prompt_length.unsqueeze(1)).unsqueeze(-1)  # (batch, seq, 1)
-    mean = (states * in_prompt).sum(1) / in_prompt.sum(1).clamp(min=1)
-    last = states[torch.arange(len(states), device=states.device), prompt_length - 1]
-    return logits, torch.cat([mean, last], dim=-1)
+    read = prompt_states(backbone, batch, layer)
+    return read.logits, torch.cat([read.mean(read.in_prompt), read.last], dim=-1)
 
 
 class ScopeClassifier(nn.Module):

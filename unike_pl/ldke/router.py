@@ -29,7 +29,7 @@ from torch import nn
 
 from unike_pl.backbones.loader import Backbone
 from unike_pl.editing.base import AnsweringModel, Editor, EditReport
-from unike_pl.hooks import capture_output
+from unike_pl.knowledge.states import prompt_states
 from unike_pl.metrics import names
 
 
@@ -47,29 +47,17 @@ class RouterConfig:
     """AdamW learning rate."""
 
 
-@torch.no_grad()
 def router_features(
     backbone: Backbone, batch: Mapping[str, Any], layer: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The original model's logits on `batch` and its router features (batch, 3 * hidden + 1):
     image mean, text mean, last prompt state, has-image flag."""
-    with capture_output(backbone.layers[layer]) as captured:
-        logits = backbone(batch)
-    states = captured["output"]
-    states = (states[0] if isinstance(states, tuple) else states).float()  # (batch, seq, hidden)
-    ids = batch["input_ids"].to(states.device)
-    prompt_length = batch["prompt_length"].to(states.device)
-    in_prompt = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) < prompt_length.unsqueeze(1)
-    image = ids == backbone.encoder.image_token_id
-    text = in_prompt & ~image
-
-    def mean_over(mask: torch.Tensor) -> torch.Tensor:
-        weights = mask.unsqueeze(-1).float()
-        return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
-
-    last = states[torch.arange(len(states), device=states.device), prompt_length - 1]
+    read = prompt_states(backbone, batch, layer)
+    image = batch["input_ids"].to(read.states.device) == backbone.encoder.image_token_id
     has_image = image.any(1, keepdim=True).float()
-    return logits, torch.cat([mean_over(image), mean_over(text), last, has_image], dim=-1)
+    return read.logits, torch.cat(
+        [read.mean(image), read.mean(read.in_prompt & ~image), read.last, has_image], dim=-1
+    )
 
 
 class DisentanglementClassifier(nn.Module):
