@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from transformers.pytorch_utils import Conv1D
 from unike_pl.backbones.encoding import append_eos
 from unike_pl.backbones.loader import Backbone
 from unike_pl.editing.base import AnsweringModel, Editor, EditReport
+from unike_pl.hooks import hooks
 from unike_pl.losses import answer_loss_per_sample
 from unike_pl.metrics.scorers import exact_match
 
@@ -264,14 +265,11 @@ def updates_applied(linears: Sequence[EditedLinear], updates: Mapping[str, Facto
 
         return add
 
-    handles = [
-        lin.module.register_forward_hook(hook(updates[lin.name])) for lin in linears if lin.name in updates
-    ]
-    try:
+    with hooks() as attached:
+        for lin in linears:
+            if lin.name in updates:
+                attached.post(lin.module, hook(updates[lin.name]))
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def gradient_factors(
@@ -298,9 +296,9 @@ def gradient_factors(
 
         return hook
 
-    with ExitStack() as stack, torch.enable_grad():
+    with hooks() as attached, torch.enable_grad():
         for lin in linears:
-            stack.callback(lin.module.register_forward_hook(capture(lin.name)).remove)
+            attached.post(lin.module, capture(lin.name))
         logits = forward()
         loss = answer_loss_per_sample(logits, labels).sum()
         missing = [lin.name for lin in linears if lin.name not in outputs]

@@ -5,6 +5,7 @@ so its output is the same at every optimisation step of an edit and is computed 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from unike_pl.backbones.loader import Backbone
+from unike_pl.hooks import hooks
 
 
 class _PrefixDone(Exception):
@@ -47,13 +49,9 @@ class TailRunner:
             captured["kwargs"] = {**kwargs, "past_key_values": None}
             raise _PrefixDone
 
-        handle = self.backbone.layers[self.first].register_forward_pre_hook(hook, with_kwargs=True)
-        try:
+        with hooks() as attached, suppress(_PrefixDone):
+            attached.pre(self.backbone.layers[self.first], hook, with_kwargs=True)
             self.backbone(batch)
-        except _PrefixDone:
-            pass
-        finally:
-            handle.remove()
         if "hidden" not in captured:
             raise RuntimeError(f"decoder layer {self.first} was never called by the backbone's forward")
         return PrefixState(captured["hidden"].detach(), captured["kwargs"], batch.get("prompt_length"))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from unike_pl.backbones.loader import Backbone
-from unike_pl.hooks import capture_output
+from unike_pl.hooks import capture_output, hooks
 
 
 def attention_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
@@ -45,17 +45,13 @@ def layer_inputs(backbone: Backbone, layers: Sequence[int]) -> Iterator[dict[str
 
         return hook
 
-    handles = []
-    for layer in layers:
-        attention = backbone.layer_part(layer, backbone.decoder.attention)
-        key = backbone.layer_part(layer, backbone.decoder.ffn_keys[0])
-        handles.append(attention.register_forward_pre_hook(on_attention(layer), with_kwargs=True))
-        handles.append(key.register_forward_pre_hook(on_ffn(layer)))
-    try:
+    with hooks() as attached:
+        for layer in layers:
+            attention = backbone.layer_part(layer, backbone.decoder.attention)
+            key = backbone.layer_part(layer, backbone.decoder.ffn_keys[0])
+            attached.pre(attention, on_attention(layer), with_kwargs=True)
+            attached.pre(key, on_ffn(layer))
         yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def at_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

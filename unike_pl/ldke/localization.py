@@ -26,7 +26,7 @@ returns the best `config.layers` candidates.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from torch import nn
 
 from unike_pl.backbones.encoding import EXAMPLES, IGNORE_INDEX, Example
 from unike_pl.backbones.loader import Backbone
+from unike_pl.hooks import hooks
 from unike_pl.knowledge.states import attention_input
 
 Scorer = Callable[[Backbone, Mapping[str, Any], Sequence[int], "LocalizationConfig"], torch.Tensor]
@@ -99,10 +100,9 @@ def ffn_outputs(
 
         return record
 
-    with ExitStack() as stack:
+    with hooks() as attached:
         for layer in layers:
-            value = backbone.layer_part(layer, backbone.decoder.ffn_value)
-            stack.callback(value.register_forward_hook(hook(layer)).remove)
+            attached.post(backbone.layer_part(layer, backbone.decoder.ffn_value), hook(layer))
         yield seen
 
 
@@ -125,11 +125,9 @@ def first_layer_input(
         seen["hidden"] = hidden
         return args, kwargs
 
-    handle = backbone.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
+    with hooks() as attached:
+        attached.pre(backbone.layers[0], hook, with_kwargs=True)
         yield seen
-    finally:
-        handle.remove()
 
 
 # --- corruption -----------------------------------------------------------------------------------
