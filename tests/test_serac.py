@@ -14,12 +14,12 @@ from unike_pl.backbones import BackboneConfig, Example, load_backbone
 from unike_pl.backbones.factory import ModelSize
 from unike_pl.cli import main
 from unike_pl.editing.context import ContextView
+from unike_pl.editing.routing import rows_of
 from unike_pl.editing.serac import (
     EditFact,
     ScopeClassifier,
     ScopeConfig,
     SERACEditor,
-    rows_of,
     trainable_copy,
 )
 from unike_pl.metrics import names, read_results
@@ -66,7 +66,7 @@ def encode(backbone, examples):
 def test_in_scope_inputs_are_answered_by_the_counterfactual_and_others_by_the_base(editor, backbone):
     editor.edit(encode(backbone, [EDIT_A]))
     batch = encode(backbone, [UNRELATED, EDIT_A])
-    _, chosen = editor.route(batch)
+    _, chosen = editor.router.route(batch)
     assert chosen == [None, 0]
     with editor.answering() as model, torch.no_grad():
         merged = model(batch)
@@ -92,7 +92,7 @@ def test_restore_empties_the_memory_and_leaves_the_base_model_exact(editor, back
     with editor.answering() as model, torch.no_grad():
         assert not torch.equal(model(batch), before)
     editor.restore()
-    assert editor.edits == [] and editor.keys == []
+    assert editor.edits == [] and editor.router.keys == []
     with editor.answering() as model, torch.no_grad():
         assert torch.equal(model(batch), before)
     assert all(torch.equal(v, weights[k]) for k, v in backbone.state_dict().items())
@@ -102,8 +102,29 @@ def test_sequential_edits_are_all_stored_and_each_input_uses_its_own(editor, bac
     editor.edit(encode(backbone, [EDIT_A]))
     editor.edit(encode(backbone, [EDIT_B]))
     assert len(editor.edits) == 2
-    _, chosen = editor.route(encode(backbone, [EDIT_B, UNRELATED, EDIT_A]))
+    _, chosen = editor.router.route(encode(backbone, [EDIT_B, UNRELATED, EDIT_A]))
     assert chosen == [1, None, 0]
+
+
+def test_routed_answers_equal_each_samples_own_path_exactly(editor, backbone):
+    """With two edits stored, each in-scope row is its edit's counterfactual view on that row alone and the
+    out-of-scope row is the base model's, to the bit; the greedy answers likewise."""
+    editor.edit(encode(backbone, [EDIT_A]))
+    editor.edit(encode(backbone, [EDIT_B]))
+    batch = encode(backbone, [EDIT_B, UNRELATED, EDIT_A])
+    with editor.answering() as model, torch.no_grad():
+        merged = model(batch)
+        answers = model.generate_answers(batch, max_new_tokens=3)
+        base = backbone(batch)
+        expected = [base[1]]
+        expected_answers = [backbone.generate_answers(encode(backbone, [UNRELATED]), 3)[0]]
+        for row, edit in ((0, EDIT_B), (2, EDIT_A)):
+            view = ContextView(editor.counterfactual, EditFact(edit))
+            expected.insert(row, view(rows_of(batch, [row]))[0])
+            expected_answers.insert(row, view.generate_answers(rows_of(batch, [row]), 3)[0])
+    assert all(torch.equal(row, direct) for row, direct in zip(merged, expected, strict=True))
+    assert not torch.allclose(merged[0], base[0], atol=1e-3)  # the counterfactual model did answer
+    assert answers == expected_answers
 
 
 def test_editing_with_untrained_parts_is_refused(world_model):

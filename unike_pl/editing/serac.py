@@ -6,7 +6,8 @@ answers with that edit written before the prompt (IKE's format, see `unike_pl.ed
 
     New Fact: {edit prompt} {edit target}\\nPrompt: {the input's prompt}
 
-otherwise the unchanged base model answers. Logits and greedy answers are merged per sample.
+otherwise the unchanged base model answers. Logits and greedy answers are merged per sample (the router
+LDKE shares, `unike_pl.editing.routing`).
 
 - Scope features come from the frozen base model, read from the prompt (image queries included, target
   excluded): the mean and the last-token state of one decoder layer's output. Since the image query tokens
@@ -30,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unike_pl.backbones.encoding import EXAMPLES, IGNORE_INDEX, Example, KeptExamples, select_sample
+from unike_pl.backbones.encoding import EXAMPLES, IGNORE_INDEX, Example
 from unike_pl.backbones.loader import Backbone, BackboneConfig, load_backbone
 from unike_pl.editing.base import AnsweringModel, Editor, EditReport
 from unike_pl.editing.context import ContextView, end_aligned, fact_text
+from unike_pl.editing.routing import EditRouter, RoutedAnswers, SelectedRows
 from unike_pl.knowledge.states import prompt_states
 from unike_pl.losses import answer_loss, kl_to_reference
 from unike_pl.metrics import names
@@ -162,21 +164,13 @@ def with_fact(example: Example, edit: Example) -> Example:
     return replace(example, prompt=EditFact(edit).prefix + example.prompt)
 
 
-def rows_of(batch: Mapping[str, Any], rows: Sequence[int]) -> dict[str, Any]:
-    """Rows of an encoded batch for a `ContextView`: token tensors (padding kept, so that its aligned logits
-    fit the batch) and examples. Image inputs are left out: the view re-encodes them from the examples."""
-    index = torch.tensor(list(rows), device=batch["input_ids"].device)
-    selected = {key: batch[key][index] for key in ("input_ids", "attention_mask", "labels", "prompt_length")}
-    selected[EXAMPLES] = KeptExamples([batch[EXAMPLES][i] for i in rows])
-    return selected
-
-
 # --- the editor --------------------------------------------------------------------------------------
 
 
 class SERACEditor(Editor):
-    """Stores edits with their scope embeddings; answers through `RoutedModel`. The base model is only read,
-    so `restore` (emptying the memory) leaves it exactly as it was."""
+    """Stores edits and routes each input to the counterfactual model with its in-scope edit's fact, or to
+    the base model (`RoutedAnswers`). The base model is only read, so `restore` (emptying the memory) leaves
+    it exactly as it was."""
 
     def __init__(
         self,
@@ -190,85 +184,36 @@ class SERACEditor(Editor):
         self.counterfactual = counterfactual
         self.scope = scope
         self.edits: list[Example] = []
-        self.keys: list[torch.Tensor] = []  # one (embedding_dim,) per edit
+        self.router = EditRouter(self.features, classifier, scope.threshold)  # keys: scope embeddings
+
+    def features(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return scope_features(self.backbone, batch, self.scope.feature_layer)
 
     def edit(self, inputs: Mapping[str, Any]) -> EditReport:
         start = time.perf_counter()
         if EXAMPLES not in inputs:
             raise ValueError("SERAC stores the edit's example: encode it with keep_examples=True")
-        with torch.no_grad():
-            _, features = scope_features(self.backbone, inputs, self.scope.feature_layer)
-            self.keys.append(self.classifier.encode(features)[0])
+        self.router.add(inputs)
         self.edits.append(inputs[EXAMPLES][0])
         with self.answering() as model, torch.no_grad():
             success = bool(exact_match(model(inputs), inputs["labels"]).all())
         return EditReport(0, time.perf_counter() - start, success)
 
     def restore(self) -> None:
-        self.edits, self.keys = [], []
+        self.edits = []
+        self.router.clear()
 
     @contextmanager
     def answering(self) -> Iterator[AnsweringModel]:
-        yield RoutedModel(self)
-
-    @torch.no_grad()
-    def route(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, list[int | None]]:
-        """The base model's logits on `batch` and, per sample, the index of its best-scoring edit when that
-        score exceeds the threshold (None: out of every edit's scope)."""
-        logits, features = scope_features(self.backbone, batch, self.scope.feature_layer)
-        if not self.edits:
-            return logits, [None] * len(logits)
-        keys = torch.stack(self.keys)
-        scores = torch.sigmoid(self.classifier.logits(self.classifier.encode(features), keys))
-        best = scores.max(dim=-1)
-        chosen = [
-            int(edit) if float(score) > self.scope.threshold else None
-            for score, edit in zip(best.values, best.indices, strict=True)
-        ]
-        return logits, chosen
+        yield RoutedAnswers(self.router, self.path, self.backbone)
 
     def view(self, edit: int) -> ContextView:
         """The counterfactual model answering with stored edit `edit` before the prompt."""
         return ContextView(self.counterfactual, EditFact(self.edits[edit]))
 
-
-def by_edit(chosen: Sequence[int | None]) -> dict[int, list[int]]:
-    """Rows grouped by the edit they were routed to (rows routed to the base model left out)."""
-    groups: dict[int, list[int]] = {}
-    for row, edit in enumerate(chosen):
-        if edit is not None:
-            groups.setdefault(edit, []).append(row)
-    return groups
-
-
-class RoutedModel:
-    """What scoring runs with SERAC: each sample answered by the counterfactual model (with its in-scope edit)
-    or by the base model, merged per sample."""
-
-    def __init__(self, editor: SERACEditor) -> None:
-        self.editor = editor
-
-    def __call__(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        logits, chosen = self.editor.route(batch)
-        merged = logits.clone()
-        for edit, rows in by_edit(chosen).items():
-            index = torch.tensor(rows, device=merged.device)
-            merged[index] = self.editor.view(edit)(rows_of(batch, rows)).to(merged.dtype)
-        return merged
-
-    def generate_answers(self, batch: Mapping[str, Any], max_new_tokens: int = 16) -> list[str]:
-        _, chosen = self.editor.route(batch)
-        backbone = self.editor.backbone
-        answers: list[str | None] = [None] * len(chosen)
-        for row, edit in enumerate(chosen):
-            if edit is None:
-                single = select_sample(batch, row, backbone.layout, backbone.model.config)
-                answers[row] = backbone.generate_answers(single, max_new_tokens)[0]
-        for edit, rows in by_edit(chosen).items():
-            generated = self.editor.view(edit).generate_answers(rows_of(batch, rows), max_new_tokens)
-            for row, answer in zip(rows, generated, strict=True):
-                answers[row] = answer
-        return [answer or "" for answer in answers]
+    def path(self, edit: int) -> SelectedRows:
+        """The rows routed to `edit`, answered by its view alone (their facts differ from edit to edit)."""
+        return SelectedRows(self.view(edit))
 
 
 # --- training ----------------------------------------------------------------------------------------
