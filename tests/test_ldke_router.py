@@ -45,6 +45,9 @@ def test_router_features_keep_image_and_text_apart(backbone):
 class SameInput(nn.Module):
     """In an edit's scope exactly when the input's features are the edit's."""
 
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
     def logits(self, inputs: torch.Tensor, edits: torch.Tensor) -> torch.Tensor:
         return torch.where(torch.cdist(inputs, edits) < 1e-3, 10.0, -10.0)
 
@@ -61,10 +64,11 @@ class ShiftedModel:
 
 
 class ShiftingEditor(Editor):
-    """Edits shift every logit by one: easy to tell which path answered."""
+    """Edits shift every logit by one: easy to tell which path answered. Counts how often its edited model
+    is opened."""
 
     def __init__(self, backbone):
-        self.backbone, self.edits = backbone, 0
+        self.backbone, self.edits, self.opened = backbone, 0, 0
 
     def edit(self, inputs):
         self.edits += 1
@@ -75,6 +79,7 @@ class ShiftingEditor(Editor):
 
     @contextmanager
     def answering(self) -> Iterator[ShiftedModel]:
+        self.opened += 1
         yield ShiftedModel(self.backbone)
 
 
@@ -94,7 +99,34 @@ def test_routed_editor_answers_in_scope_inputs_with_the_edited_model(backbone):
     assert torch.allclose(routed[0], original[0] + 1) and torch.equal(routed[1], original[1])
     assert answers[0] == "edited" and answers[1] == backbone.generate_answers(batch, 3)[1]
     editor.restore()
-    assert editor.inner.edits == 0 and editor.keys == []
+    assert editor.inner.edits == 0 and editor.router.keys == []
+
+
+def test_routed_answers_equal_each_samples_own_path_exactly(backbone):
+    """With two edits stored, the rows in their scope are the edited model's on the whole batch and the row
+    out of it the original model's, to the bit; the edited model answers both edits' rows in one call."""
+    batch = backbone.encoder.encode(
+        [
+            Example("what color is it?", "red", RED),
+            Example("what shape is it?", "round", RED),
+            Example("how many are there?", "two", BLUE),
+        ],
+        keep_examples=True,
+    )
+    inner = ShiftingEditor(backbone)
+    editor = RoutedEditor(inner, SameInput(), RouterConfig(feature_layer=-1))
+    for row in (2, 0):
+        editor.edit(select_sample(batch, row, backbone.layout, backbone.model.config))
+    assert editor.router.route(batch)[1] == [1, None, 0]
+    with editor.answering() as model:
+        routed = model(batch)
+        answers = model.generate_answers(batch, 3)
+    assert inner.opened == 2  # one forward and one generation for both edits
+    edited, original = ShiftedModel(backbone)(batch), backbone(batch)
+    assert torch.equal(routed[0], edited[0]) and torch.equal(routed[2], edited[2])
+    assert torch.equal(routed[1], original[1])
+    alone = select_sample(batch, 1, backbone.layout, backbone.model.config)
+    assert answers == ["edited", backbone.generate_answers(alone, 3)[0], "edited"]
 
 
 class PerfectRouter(nn.Module):

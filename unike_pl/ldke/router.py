@@ -13,6 +13,8 @@ scores (edit, input) pairs from features the frozen original model computes anyw
 Each modality is projected separately; the pair is scored by an MLP over the element-wise products and
 absolute differences of the projections (plus whether both have an image), so "same image, other question"
 and "other image, same question" are separable rather than averaged into one similarity.
+
+Routing and the merging of answers are SERAC's (`unike_pl.editing.routing`), with this classifier.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import nn
 
 from unike_pl.backbones.loader import Backbone
 from unike_pl.editing.base import AnsweringModel, Editor, EditReport
+from unike_pl.editing.routing import EditRouter, RoutedAnswers, WholeBatch
 from unike_pl.knowledge.states import prompt_states
 from unike_pl.metrics import names
 
@@ -76,6 +79,11 @@ class DisentanglementClassifier(nn.Module):
         hidden = self.hidden_size
         return self.image(features[:, :hidden]), self.text(features[:, hidden:-1]), features[:, -1]
 
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        """The features themselves: the head compares inputs and edits projection by projection, so there
+        is no embedding of one side alone to store."""
+        return features
+
     def logits(self, inputs: torch.Tensor, edits: torch.Tensor) -> torch.Tensor:
         """Pair logits (inputs, edits) between input features and edit features."""
         q_image, q_text, q_has = self._project(inputs)
@@ -99,58 +107,27 @@ class RoutedEditor(Editor):
         self.backbone = inner.backbone
         self.classifier = classifier
         self.config = config
-        self.keys: list[torch.Tensor] = []  # router features of each stored edit
+        self.router = EditRouter(self.features, classifier, config.threshold)  # keys: router features
+        # One edited model holds every edit: all routed rows take this one path.
+        self.edited = WholeBatch(inner.answering)
+
+    def features(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return router_features(self.backbone, batch, self.config.feature_layer)
 
     def edit(self, inputs: Mapping[str, Any]) -> EditReport:
         start = time.perf_counter()
-        _, features = router_features(self.backbone, inputs, self.config.feature_layer)
-        self.keys.append(features[0])
+        self.router.add(inputs)  # before `inner` edits: the key is read from the original model
         report = self.inner.edit(inputs)
         report.seconds = time.perf_counter() - start
         return report
 
     def restore(self) -> None:
         self.inner.restore()
-        self.keys = []
+        self.router.clear()
 
     @contextmanager
     def answering(self) -> Iterator[AnsweringModel]:
-        yield RoutedAnswers(self)
-
-    @torch.no_grad()
-    def route(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The original model's logits on `batch` and, per sample, whether it takes the edited path."""
-        logits, features = router_features(self.backbone, batch, self.config.feature_layer)
-        if not self.keys:
-            return logits, torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
-        scores = torch.sigmoid(self.classifier.logits(features, torch.stack(self.keys)))
-        return logits, (scores.max(dim=-1).values > self.config.threshold).to(logits.device)
-
-
-class RoutedAnswers:
-    """What scoring runs with a routed editor: per sample, the edited or the original model's answer."""
-
-    def __init__(self, editor: RoutedEditor) -> None:
-        self.editor = editor
-
-    def __call__(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        original, edited_rows = self.editor.route(batch)
-        if not bool(edited_rows.any()):
-            return original
-        with self.editor.inner.answering() as model:
-            edited = model(batch).to(original.dtype)
-        return torch.where(edited_rows[:, None, None], edited, original)
-
-    def generate_answers(self, batch: Mapping[str, Any], max_new_tokens: int = 16) -> list[str]:
-        _, edited_rows = self.editor.route(batch)
-        answers = self.editor.backbone.generate_answers(batch, max_new_tokens)
-        if bool(edited_rows.any()):
-            with self.editor.inner.answering() as model:
-                edited = model.generate_answers(batch, max_new_tokens)
-            answers = [
-                e if row else a for e, a, row in zip(edited, answers, edited_rows.tolist(), strict=True)
-            ]
-        return answers
+        yield RoutedAnswers(self.router, lambda _: self.edited, self.backbone)
 
 
 # --- training ----------------------------------------------------------------------------------------
