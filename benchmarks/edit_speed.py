@@ -21,6 +21,7 @@ from unike_pl.backbones import BackboneConfig, Example, load_backbone
 from unike_pl.backbones.factory import save_backbone, train_tokenizer
 from unike_pl.backbones.loader import Backbone
 from unike_pl.editing.editor import IntrinsicConfig, UniKEEditor
+from unike_pl.editing.unrelated import UnrelatedInputs
 
 FULL_SIZE = {
     # BLIP-2 OPT-2.7B: EVA ViT-g/14 at 224 px, a 12-layer Q-Former with 32 queries, OPT-2.7B.
@@ -92,7 +93,8 @@ def time_edits(backbone: Backbone, edits: list[dict], fast: bool, steps: int) ->
     layers = backbone.last_layers(4)
     config = IntrinsicConfig(max_steps=steps, stop_early=False)
     memory = {layer: torch.randn(256, backbone.hidden_size, device=backbone.model.device) for layer in layers}
-    editor = UniKEEditor(backbone, layers, config, None, None, memory, fast_tail=fast)
+    unrelated = UnrelatedInputs(backbone, memory, memory)
+    editor = UniKEEditor(backbone, layers, config, None, None, unrelated, fast_tail=fast)
     seconds = []
     for inputs in edits:
         sync()

@@ -20,6 +20,7 @@ from unike_pl.editing.context import (
 )
 from unike_pl.editing.editor import IntrinsicConfig, UniKEEditor
 from unike_pl.editing.finetune import FineTuneConfig, FineTuneEditor
+from unike_pl.editing.unrelated import UnrelatedInputs
 from unike_pl.metrics.scorers import exact_match
 
 RED = Image.new("RGB", (40, 40), (220, 30, 30))
@@ -90,7 +91,15 @@ def test_t_patcher_puts_its_neurons_in_the_last_layer_only(backbone):
     layers = backbone.last_layers(2)
     memory = {layer: torch.randn(8, backbone.hidden_size) for layer in layers}
     config = IntrinsicConfig(neurons=1, layers=1, max_steps=3)
-    editor = UniKEEditor(backbone, layers, config, None, None, memory)
+    editor = UniKEEditor(
+        backbone,
+        layers,
+        config,
+        None,
+        None,
+        UnrelatedInputs(backbone, memory, memory),
+        neuron_layers=layers[-1:],
+    )
     editor.edit(encode(backbone, edit_example()))
     assert {layer for layer, patches in editor.bank.patches.items() if patches} == {layers[-1]}
     assert editor.bank.latest()[layers[-1]].keys.shape[0] == 1

@@ -8,12 +8,14 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 from unike_pl.backbones import BackboneConfig, Example, load_backbone
 from unike_pl.editing.editor import IntrinsicConfig, UniKEEditor
-from unike_pl.editing.latent import KnowledgeInjection, LayerKnowledge
+from unike_pl.editing.latent import FixedGate, KnowledgeInjection, LayerKnowledge
 from unike_pl.editing.neurons import NeuronBank, new_patch
 from unike_pl.editing.tail import TailRunner
+from unike_pl.editing.unrelated import UnrelatedInputs
 from unike_pl.knowledge.contrastive import semantic_loss, truthfulness_loss
 from unike_pl.knowledge.encoders import DisentangledEncoders
 from unike_pl.knowledge.index import CosineIndex
@@ -59,6 +61,10 @@ def hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
+def global_hook_count() -> int:
+    return len(module_hooks._global_forward_hooks) + len(module_hooks._global_forward_pre_hooks)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_tail_replays_the_full_forward(name, backbones):
     backbone = backbones[name]
@@ -84,40 +90,78 @@ def test_zero_initialised_neurons_leave_logits_unchanged(name, backbones):
     assert hook_count(backbone.model) == hooks
 
 
+def with_edit_knowledge(backbone, layers, gate, edit=None):
+    """An injection over a random memory with one edit's knowledge active (the gate decides who reads it)."""
+    injection = KnowledgeInjection(backbone, random_knowledge(backbone, layers), 4, gate)
+    edit = edit if edit is not None else edit_inputs(backbone)
+    injection.add(injection.knowledge_of(extract_states(backbone, layers, edit)))
+    return injection
+
+
+def unrelated_inputs(backbone, layers, count=6):
+    """Unrelated questions with their stored (unedited) states, as the editing module builds them."""
+    questions = [Example(f"what is thing {i}?", "grey", GREY if i % 2 else None) for i in range(count)]
+    states = {layer: {} for layer in layers}
+    for image in (True, False):
+        rows = [i for i, q in enumerate(questions) if (q.image is not None) == image]
+        read = extract_states(backbone, layers, backbone.encoder.encode([questions[i] for i in rows]))
+        for layer in layers:
+            for kind in ("sem", "ffn"):
+                states[layer].setdefault(kind, torch.zeros(count, backbone.hidden_size))[rows] = read[layer][
+                    kind
+                ]
+    return UnrelatedInputs(
+        backbone,
+        {layer: states[layer]["sem"] for layer in layers},
+        {layer: states[layer]["ffn"] for layer in layers},
+        lambda rows: [questions[i] for i in rows],
+        batch_size=2,
+    )
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_an_undone_edit_restores_the_model_exactly(name, backbones):
     backbone = backbones[name]
     layers = backbone.last_layers(2)
-    state = {k: v.clone() for k, v in backbone.model.state_dict().items()}
-    hooks = hook_count(backbone.model)  # transformers registers a few of its own
     probe = probe_inputs(backbone)
-    before = backbone(probe)
-    injection = KnowledgeInjection(backbone, random_knowledge(backbone, layers), top_k=4, alpha=0.5)
-    memory = {layer: torch.randn(16, backbone.hidden_size) for layer in layers}
+    before = backbone(probe)  # transformers adds hooks of its own at the first forward: count after it
+    state = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    hooks, global_hooks = hook_count(backbone.model), global_hook_count()
+    injection = KnowledgeInjection(backbone, random_knowledge(backbone, layers), 4, FixedGate(0.5))
     intrinsic = IntrinsicConfig(neurons=4, max_steps=3, learning_rate=0.1)
-    editor = UniKEEditor(backbone, layers, intrinsic, injection, None, memory)
+    editor = UniKEEditor(backbone, layers, intrinsic, injection, None, unrelated_inputs(backbone, layers))
     editor.edit(edit_inputs(backbone))
     with editor.active():
         assert not torch.allclose(backbone(probe), before)  # the edit did something
     editor.restore()
-    assert hook_count(backbone.model) == hooks
+    assert hook_count(backbone.model) == hooks and global_hook_count() == global_hooks
     after = backbone.model.state_dict()
     assert after.keys() == state.keys()
     assert all(torch.equal(after[k], state[k]) for k in state)
     assert all(not p.requires_grad for p in backbone.model.parameters())
     assert torch.equal(backbone(probe), before)
-    assert not editor.bank.patches and not any(editor.injection.added.values())
+    assert not editor.bank.patches and not editor.injection.edits
 
 
 @pytest.mark.parametrize("name", ["blip2", "minigpt4"])
-def test_the_fast_tail_trains_like_the_full_model(name, backbones):
+@pytest.mark.parametrize("latent", [False, True])
+def test_the_fast_tail_trains_like_the_full_model(name, latent, backbones):
     backbone = backbones[name]
-    layers = backbone.last_layers(2)
-    memory = {layer: torch.randn(16, backbone.hidden_size) for layer in layers}
-    intrinsic = IntrinsicConfig(neurons=4, max_steps=4, learning_rate=0.05)
+    layers = backbone.last_layers(3)
+    intrinsic = IntrinsicConfig(neurons=4, max_steps=4, learning_rate=0.05, layers=2)
     probe, results = probe_inputs(backbone), []
     for fast in (True, False):
-        editor = UniKEEditor(backbone, layers, intrinsic, None, None, memory, fast_tail=fast, seed=3)
+        # With latent knowledge the tail starts at its first layer, where the gate is read.
+        injection = (
+            KnowledgeInjection(backbone, random_knowledge(backbone, layers), 4, FixedGate(0.5))
+            if latent
+            else None
+        )
+        unrelated = unrelated_inputs(backbone, layers)
+        editor = UniKEEditor(
+            backbone, layers, intrinsic, injection, None, unrelated, fast_tail=fast, seed=3,
+            neuron_layers=layers[1:],
+        )  # fmt: skip
         report = editor.edit(edit_inputs(backbone))
         with editor.active():
             results.append((report.steps, backbone(probe)))
@@ -155,21 +199,6 @@ def test_index_returns_the_planted_neighbour():
     assert torch.all(scores[:, 0] > 0.99) and torch.all(scores[:, :-1] >= scores[:, 1:])
 
 
-def test_added_knowledge_is_retrieved_first_and_cleared(backbones):
-    backbone = backbones["blip2"]
-    layer = backbone.num_layers - 1
-    injection = KnowledgeInjection(backbone, random_knowledge(backbone, [layer]), top_k=3, alpha=0.5)
-    planted_key, planted_value = (
-        torch.randn(1, backbone.hidden_size),
-        torch.full((1, backbone.hidden_size), 7.0),
-    )
-    injection.add({layer: LayerKnowledge(planted_key, planted_value)})
-    values = injection.retrieve(layer, planted_key * 2)
-    assert torch.equal(values[0, 0], planted_value[0])
-    injection.clear()
-    assert not (injection.retrieve(layer, planted_key) == 7.0).all(-1).any()
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_knowledge_weight_zero_changes_nothing(name, backbones):
     backbone = backbones[name]
@@ -177,10 +206,9 @@ def test_knowledge_weight_zero_changes_nothing(name, backbones):
     probe = probe_inputs(backbone)
     before = backbone(probe)
     for alpha, same in ((0.0, True), (1.0, False)):
-        injection = KnowledgeInjection(backbone, random_knowledge(backbone, layers), top_k=4, alpha=alpha)
-        with injection.attached():
+        with with_edit_knowledge(backbone, layers, FixedGate(alpha)).attached():
             after = backbone(probe)
-        assert torch.allclose(after, before, atol=1e-6) == same
+        assert torch.equal(after, before) == same
 
 
 def test_edit_states_are_read_at_the_question_and_sequence_end(backbones):
@@ -235,8 +263,8 @@ def test_contrastive_losses_fall_on_a_planted_truthful_direction():
     assert last[0] - floor < 0.3 * (first[0] - floor) and last[1] < 0.7 * first[1]
     # ζ separates held-out triplets with the same planted direction.
     _, pos_test, neg_test = planted_triplets(64, 32, seed=2)  # same direction, new topics and noise
-    midpoint = encoders.set_truthful_directions(pos[:, None], neg[:, None])[0]
-    zeta = encoders.truthful_direction(0)
+    midpoint = encoders.fit_directions(pos[:, None], neg[:, None])[0]
+    zeta = encoders.direction(0)
     with torch.no_grad():
         right = ((encoders.encode_truth(0, pos_test) - midpoint) @ zeta > 0).float().mean()
         right += ((encoders.encode_truth(0, neg_test) - midpoint) @ zeta <= 0).float().mean()
@@ -246,8 +274,7 @@ def test_contrastive_losses_fall_on_a_planted_truthful_direction():
 def test_semantic_relevance_is_a_clamped_cosine():
     encoders = DisentangledEncoders([3], hidden=8, dim=4)
     states = torch.randn(5, 8)
-    alpha = encoders.relevance(3, states, states)
-    assert torch.allclose(alpha, torch.ones(5), atol=1e-5)
-    assert torch.all(
-        (encoders.relevance(3, states, -states) >= 0) & (encoders.relevance(3, states, -states) <= 1)
-    )
+    alpha = encoders.relevance(3, states, states)  # (queries, keys)
+    assert alpha.shape == (5, 5) and torch.allclose(alpha.diagonal(), torch.ones(5), atol=1e-5)
+    opposite = encoders.relevance(3, states, -states)
+    assert torch.all((opposite >= 0) & (opposite <= 1))

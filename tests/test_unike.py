@@ -66,8 +66,13 @@ def test_fit_builds_the_memory_and_saves_encoders_with_zeta(encoders):
     weights = checkpoint["state_dict"]
     assert any(key.startswith("encoders.truth.") for key in weights)
     assert weights["encoders.zeta"].abs().sum() > 0
+    assert (
+        weights["encoders.zeta_map"].abs().sum() > 0 and weights["encoders.semantic_zeta_map"].abs().sum() > 0
+    )
+    assert 0 < float(weights["encoders.gate_threshold"]) <= 1  # fitted on the held-out records
     logged = next((encoders / "runs" / "disentangle" / "logs").rglob("metrics.csv")).read_text()
-    assert "val/truth_separation" in logged and "val/semantic_top1" in logged
+    for name in ("truth_separation", "semantic_top1", "zeta_map_r2", "gate_threshold", "gate_out_of_scope"):
+        assert f"val/{name}" in logged
 
 
 def test_fit_resumes_from_its_checkpoint(encoders, small_world, world_model):
@@ -93,14 +98,18 @@ def test_validate_edits_scores_and_resumes(tmp_path, encoders, small_world, worl
     assert {names.stage_key("val", m) for m in names.EDIT_METRICS + names.COST_METRICS} <= set(scores)
     assert all(0 <= scores[names.stage_key("val", m)] <= 100 for m in names.EDIT_METRICS)
     assert len(list((tmp_path / "runs" / "edit_vqa" / "edits").glob("records_*.json"))) == 3
+    gate = first["diagnostics"]["gate_alpha"]  # what the gate let in, per case (α) and layer (relevance)
+    assert set(gate) >= {names.EDIT, names.REPHRASE, names.TEXT_LOCALITY, names.MULTIMODAL_LOCALITY}
+    assert all(0 <= value <= 1 for values in gate.values() for value in values.values())
+    assert "alpha" in gate[names.EDIT] and len(gate[names.EDIT]) == 1 + 4
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished edit was redone")
 
     monkeypatch.setattr(UniKEEditor, "edit", refuse)
     main(["validate", "--config", str(config), "--ckpt_path", ckpt])
-    again = read_results(tmp_path / "results" / "edit" / "unike_vqa_val.json")["scores"]
-    assert again == scores
+    again = read_results(tmp_path / "results" / "edit" / "unike_vqa_val.json")
+    assert again["scores"] == scores and again["diagnostics"] == first["diagnostics"]
 
 
 def test_collaboration_needs_trained_encoders(tmp_path, encoders, small_world, world_model):

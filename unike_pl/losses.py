@@ -42,3 +42,28 @@ def kl_to_reference(reference: torch.Tensor, logits: torch.Tensor, positions: to
     reference = F.log_softmax(reference[positions].float(), dim=-1)
     ours = F.log_softmax(logits[positions].float(), dim=-1)
     return (reference.exp() * (reference - ours)).sum(-1).mean()
+
+
+def violation_mean(violations: torch.Tensor) -> torch.Tensor:
+    """Mean of the positive entries (the constraints a hinge finds broken), 0 when none is: T-Patcher's
+    "margin" reduction, which keeps pushing on the few inputs still breaking a margin instead of letting
+    them vanish in the average over all the inputs that already keep it."""
+    broken = violations > 0
+    return violations.clamp_min(0).sum() / broken.sum().clamp_min(1)
+
+
+def neuron_margin_losses(
+    on_edit: torch.Tensor,
+    on_memory: torch.Tensor,
+    activation_margin: float,
+    memory_margin: float,
+    memory_gap: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """T-Patcher's activation and memory losses of one layer's new neurons, from their pre-activations on
+    the edit (positions, n) and on unrelated inputs (memory, n): the activation loss asks every neuron to
+    reach `activation_margin` on the edit; the memory loss asks it to stay below −`memory_margin` on every
+    unrelated input and `memory_gap` below its activation on every edit position. (activation, memory)."""
+    activation = violation_mean(activation_margin - on_edit)
+    below = violation_mean(on_memory + memory_margin)
+    gap = violation_mean(on_memory[:, None, :] - on_edit[None, :, :] + memory_gap)  # (memory, positions, n)
+    return activation, below + gap

@@ -192,3 +192,8 @@ def append_eos(batch: Mapping[str, torch.Tensor], eos_token_id: int) -> dict[str
     extended["attention_mask"][rows, ends] = 1
     extended["labels"][rows, ends] = eos_token_id
     return extended
+
+
+def on_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """An encoded batch with its tensors on `device` (kept examples and other entries as they are)."""
+    return {name: value.to(device) if torch.is_tensor(value) else value for name, value in batch.items()}

@@ -32,6 +32,18 @@ def scores_table(title: str, scores: dict[str, float]) -> Table:
     return table
 
 
+def gate_table(gate: dict[str, dict[str, float]]) -> Table:
+    """Mean α per case (rows), then the mean relevance per edited layer (before the threshold)."""
+    columns = list(next(iter(gate.values())))
+    table = Table(title="gate: mean α of the latent knowledge, and relevance per edited layer")
+    table.add_column("case")
+    for column in columns:
+        table.add_column("α" if column == "alpha" else f"layer {column}", justify="right")
+    for case, values in gate.items():
+        table.add_row(case, *(f"{values.get(column, float('nan')):.3f}" for column in columns))
+    return table
+
+
 class ResultsReport(L.Callback):
     """Prints the scores of a validate/test run and writes them with the settings that produced them."""
 
@@ -59,9 +71,13 @@ class ResultsReport(L.Callback):
         if not scores:
             return
         settings = {**_settings_of(pl_module), **_settings_of(trainer.datamodule)}
+        diagnostics = getattr(pl_module, "result_diagnostics", dict)()
         name = f"{self.run_name or type(pl_module).__name__}_{stage}"
-        self.written = list(write_results(self.output_dir, name, scores, settings))
-        Console().print(scores_table(f"{name} ({settings.get('eval_file', '')})", scores))
+        self.written = list(write_results(self.output_dir, name, scores, settings, diagnostics))
+        console = Console()
+        console.print(scores_table(f"{name} ({settings.get('eval_file', '')})", scores))
+        if "gate_alpha" in diagnostics:
+            console.print(gate_table(diagnostics["gate_alpha"]))
         Console().print(f"results: {self.written[0]} and {self.written[1]}")
 
 

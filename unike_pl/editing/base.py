@@ -31,6 +31,9 @@ class EditReport:
     """Whether every target token of the edit input was predicted once the edit was applied."""
     layers: list[int] | None = None
     """The layers the edit changed, for methods that choose them per edit (LDKE's localization)."""
+    memory_reached: int | None = None
+    """Unrelated memory questions whose gate let the active edits' latent knowledge in (re-read so that
+    the new neurons' margin loss sees their shifted states); None without a memory loss."""
 
 
 class Editor(ABC):
@@ -52,3 +55,9 @@ class Editor(ABC):
     def answering(self) -> Iterator[AnsweringModel]:
         """The model with every edit so far applied (by default the backbone itself, edited in place)."""
         yield self.backbone
+
+    def gate_values(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+        """For methods with gated latent knowledge: α of each input of `batch` ("alpha") and its relevance
+        per edited layer (keyed by the layer number), (batch,) each, with the edits so far applied. None for
+        methods without a gate."""
+        return None

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
-from unike_pl.backbones.encoding import EXAMPLES, Example
+from unike_pl.backbones.encoding import EXAMPLES, Example, on_device
 from unike_pl.backbones.loader import Backbone
 from unike_pl.data.mmedit import read_mmedit
 
@@ -185,9 +185,7 @@ class ContextView:
                     f"before {example.prompt!r}"
                 )
             examples.append(replace(example, prompt=context + example.prompt))
-        device = batch["input_ids"].device
-        encoded = encoder.encode(examples)
-        return {key: value.to(device) for key, value in encoded.items()}
+        return on_device(encoder.encode(examples), batch["input_ids"].device)
 
     def __call__(self, batch: Mapping[str, Any]) -> torch.Tensor:
         contextual = self.with_context(batch)

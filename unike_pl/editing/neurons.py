@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from unike_pl.backbones.loader import Backbone
+from unike_pl.hooks import hooks
 
 
 class NeuronPatch(nn.Module):
@@ -29,17 +30,20 @@ class NeuronPatch(nn.Module):
         self.key_bias = nn.Parameter(torch.zeros(count))
         self.up_keys = nn.Parameter(torch.zeros(count, hidden)) if gated else None
         self.values = nn.Parameter(torch.zeros(count, output))  # (n, output)
-        self.value_shift: Callable[[], torch.Tensor] | None = None
-        """Returns a (output,) vector added to every value row (UniKE's β·ζ'); None adds nothing."""
+        self.value_shift: nn.Module | None = None
+        """Called with no input, returns an (output,) vector added to every value row (UniKE's β·ζ');
+        None adds nothing."""
 
     def init_keys(self, query: torch.Tensor, noise: float, generator: torch.Generator | None = None) -> None:
-        """Point every key at `query` (hidden,), the edit's FFN input, so the new neurons fire on it."""
+        """Point every key at `query` (hidden,), the edit's FFN input, as T-Patcher does: k = q/‖q‖², so
+        that q·k = 1 and the new neurons fire on it from the start. `noise` is a relative jitter between
+        the keys (identical keys would stay identical)."""
         with torch.no_grad():
-            direction = query / query.norm().clamp_min(1e-6)
-            jitter = torch.randn(self.keys.shape, generator=generator, device="cpu") * noise
-            self.keys.copy_(direction + jitter.to(direction))
+            key = query / query.pow(2).sum().clamp_min(1e-12)
+            jitter = torch.randn(self.keys.shape, generator=generator, device="cpu") * noise * key.norm()
+            self.keys.copy_(key + jitter.to(key))
             if self.up_keys is not None:
-                self.up_keys.copy_(direction + jitter.flip(0).to(direction))
+                self.up_keys.copy_(key + jitter.flip(0).to(key))
 
     def pre_activation(self, query: torch.Tensor) -> torch.Tensor:
         """q W_K^x + b_K^x, (..., n): positive where the neurons fire."""
@@ -94,19 +98,15 @@ class NeuronBank:
     @contextmanager
     def attached(self) -> Iterator[NeuronBank]:
         """Hooks that add the patches to the FFNs; always removed on exit."""
-        handles = []
         decoder = self.backbone.decoder
-        for layer in self.patches:
-            key = self.backbone.layer_part(layer, decoder.ffn_keys[0])
-            value = self.backbone.layer_part(layer, decoder.ffn_value)
-            handles.append(key.register_forward_pre_hook(self._capture_query(layer)))
-            handles.append(value.register_forward_hook(self._add_patches(layer)))
-        try:
-            yield self
-        finally:
-            for handle in handles:
-                handle.remove()
-            self.queries.clear()
+        with hooks() as attached:
+            for layer in self.patches:
+                attached.pre(self.backbone.layer_part(layer, decoder.ffn_keys[0]), self._capture_query(layer))
+                attached.post(self.backbone.layer_part(layer, decoder.ffn_value), self._add_patches(layer))
+            try:
+                yield self
+            finally:
+                self.queries.clear()
 
     def _capture_query(self, layer: int) -> Callable[..., None]:
         def hook(_: nn.Module, args: tuple[Any, ...]) -> None:

@@ -57,12 +57,14 @@ class EditResultStore:
         scores: Mapping[str, torch.Tensor],
         reports: Sequence[Mapping[str, Any]],
         immediate: Mapping[str, torch.Tensor] | None = None,
+        gate: Mapping[str, Any] | None = None,
     ) -> None:
         result = {
             "records": list(records),
             "scores": {key: values.tolist() for key, values in scores.items()},
             "immediate": {key: values.tolist() for key, values in (immediate or {}).items()},
             "edits": list(reports),
+            **({"gate": gate} if gate is not None else {}),
         }
         atomic_write_json(self.path(records), result)
 

@@ -4,7 +4,7 @@ so its output is the same at every optimisation step of an edit and is computed 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -44,9 +44,7 @@ class TailRunner:
         captured: dict[str, Any] = {}
 
         def hook(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
-            # A key-value cache would grow with every replay (and tie each step's graph to the last).
-            captured["kwargs"] = {**kwargs, "past_key_values": None}
+            captured["hidden"], captured["kwargs"] = layer_call(args, kwargs)
             raise _PrefixDone
 
         with hooks() as attached, suppress(_PrefixDone):
@@ -58,9 +56,31 @@ class TailRunner:
 
     def logits(self, state: PrefixState) -> torch.Tensor:
         """Logits (batch, seq, vocab) through the tail layers, with every hook on them active."""
-        hidden = state.hidden
         with self.backbone.reading(state.prompt_lengths):
-            for layer in self.backbone.layers[self.first :]:
-                output = layer(hidden, **state.kwargs)
-                hidden = output[0] if isinstance(output, tuple) else output
+            hidden = run_layers(self.backbone.layers[self.first :], state.hidden, state.kwargs)
             return self.backbone.output_logits(hidden)
+
+
+CACHE_ARGUMENTS = ("past_key_values", "past_key_value", "cache")
+"""Names transformers versions give a decoder layer's key-value cache argument."""
+
+
+def layer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """What a decoder layer was called with (from a forward pre-hook), ready to call layers again: the
+    hidden states and the other arguments (attention mask, positions, rotary embeddings)."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    # A key-value cache would grow with every replay (and tie each step's graph to the last).
+    others = {
+        key: None if key in CACHE_ARGUMENTS else value
+        for key, value in kwargs.items()
+        if key != "hidden_states"
+    }
+    return hidden, others
+
+
+def run_layers(layers: Sequence[nn.Module], hidden: torch.Tensor, kwargs: Mapping[str, Any]) -> torch.Tensor:
+    """`hidden` (batch, seq, hidden) through decoder `layers` in order, each called with `kwargs`."""
+    for layer in layers:
+        output = layer(hidden, **kwargs)
+        hidden = output[0] if isinstance(output, tuple) else output
+    return hidden

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,12 +13,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from unike_pl.backbones.encoding import Example
 from unike_pl.backbones.fingerprint import backbone_fingerprint
 from unike_pl.backbones.loader import BackboneConfig, load_backbone
 from unike_pl.data.cases import MMEditDataset
 from unike_pl.data.mmedit import read_mmedit
-from unike_pl.knowledge.memory import STATE_KINDS, KnowledgeMemory
+from unike_pl.knowledge.memory import STATE_KINDS, KnowledgeMemory, Triplet
 from unike_pl.knowledge.mining import mine_memory
+from unike_pl.metrics import names
 
 
 @dataclass
@@ -92,17 +95,61 @@ def load_memory(backbone: BackboneConfig, config: MemoryConfig) -> KnowledgeMemo
     return KnowledgeMemory.load(memory_path(backbone, config))
 
 
+class TripletExamples:
+    """The examples (image, question, answer) of memory triplets, read from their source files on demand:
+    `examples(rows)` for rows of `triplets`."""
+
+    def __init__(self, config: MemoryConfig, triplets: Sequence[Triplet]) -> None:
+        self.triplets = list(triplets)
+        self.sources: dict[str, tuple[MMEditDataset, dict[int, int]]] = {}
+        for source in config.sources:
+            split = read_mmedit(source.file, source.task, source.image_root, source.rephrase_image_root)
+            dataset = MMEditDataset(split, config.use_template, config.limit)
+            positions = {record.index: position for position, record in enumerate(dataset.records)}
+            self.sources[source.file] = (dataset, positions)
+
+    def __call__(self, rows: Sequence[int]) -> list[Example]:
+        examples = []
+        for row in rows:
+            triplet = self.triplets[row]
+            if triplet.file not in self.sources:
+                raise ValueError(
+                    f"memory triplet {row} comes from {triplet.file}, which is not a memory source"
+                )
+            dataset, positions = self.sources[triplet.file]
+            examples.append(dataset[positions[triplet.record]].cases[triplet.case])
+        return examples
+
+
 class TripletStates(Dataset):
-    """Triplet rows of the memory as {"sem", "pos", "neg"}: (layers, hidden) each."""
+    """Triplet rows of the memory as {"sem", "pos", "neg"}: (layers, hidden) each, with "record" (the
+    row's record number within the memory, shared by every case of that record) and "in_scope" (whether
+    the case is in its record's edit scope: the edit, its rephrase or its image rephrase)."""
 
     def __init__(self, memory: KnowledgeMemory, rows: torch.Tensor) -> None:
         self.tensors = {kind: memory.stacked(kind, rows) for kind in STATE_KINDS[:3]}
+        records = record_numbers(memory)
+        self.tensors["record"] = records[rows]
+        self.tensors["in_scope"] = torch.tensor(
+            [memory.triplets[int(row)].case in names.TARGET_CASES for row in rows], dtype=torch.bool
+        )
+        self.tensors["is_edit"] = torch.tensor(
+            [memory.triplets[int(row)].case == names.EDIT for row in rows], dtype=torch.bool
+        )
 
     def __len__(self) -> int:
         return len(self.tensors["sem"])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {kind: tensor[index] for kind, tensor in self.tensors.items()}
+
+
+def record_numbers(memory: KnowledgeMemory) -> torch.Tensor:
+    """One number per triplet naming its (file, record): the cases of one record share it, (triplets,)."""
+    numbers: dict[tuple[str, int], int] = {}
+    return torch.tensor(
+        [numbers.setdefault((t.file, t.record), len(numbers)) for t in memory.triplets], dtype=torch.long
+    )
 
 
 class KnowledgeMemoryDataModule(L.LightningDataModule):
@@ -122,7 +169,8 @@ class KnowledgeMemoryDataModule(L.LightningDataModule):
             backbone: the base model whose errors and states make the memory.
             memory: sources, layers and cache location.
             batch_size: triplets per encoder training batch.
-            val_fraction: share of triplets held out to measure how well the spaces separate.
+            val_fraction: share of records held out (all their triplets) to measure how well the spaces
+                separate and to fit the gate threshold.
             seed: seed of the train / validation split.
         """
         super().__init__()
@@ -138,11 +186,21 @@ class KnowledgeMemoryDataModule(L.LightningDataModule):
         if self.memory is not None:
             return
         self.memory = load_memory(self.backbone_config, self.memory_config)
-        order = torch.randperm(len(self.memory), generator=torch.Generator().manual_seed(self.hparams.seed))
-        held_out = max(1, int(len(order) * self.hparams.val_fraction))
+        # Held out by record, not by triplet: the gate is fitted on records none of whose cases were
+        # trained on, as the eval edits will be.
+        records = record_numbers(self.memory)
+        count = int(records.max()) + 1
+        if count < 2:
+            raise ValueError(
+                f"the knowledge memory has triplets of {count} record: training and held-out records need 2"
+            )
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(self.hparams.seed))
+        held_out = torch.zeros(count, dtype=torch.bool)
+        held_out[order[: min(count - 1, max(1, int(count * self.hparams.val_fraction)))]] = True
+        rows = torch.arange(len(records))
         self.splits = {
-            "train": TripletStates(self.memory, order[held_out:]),
-            "val": TripletStates(self.memory, order[:held_out]),
+            "train": TripletStates(self.memory, rows[~held_out[records]]),
+            "val": TripletStates(self.memory, rows[held_out[records]]),
         }
 
     def train_dataloader(self) -> DataLoader:

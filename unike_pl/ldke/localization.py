@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unike_pl.backbones.encoding import EXAMPLES, IGNORE_INDEX, Example
+from unike_pl.backbones.encoding import EXAMPLES, IGNORE_INDEX, Example, on_device
 from unike_pl.backbones.loader import Backbone
 from unike_pl.hooks import hooks
 from unike_pl.knowledge.states import attention_input
@@ -296,8 +296,7 @@ def own_answer_fact(backbone: Backbone, inputs: Mapping[str, Any], max_new_token
     edit: Example = inputs[EXAMPLES][0]
     answer = backbone.generate_answers(inputs, max_new_tokens)[0] or edit.target
     fact = backbone.encoder.encode([Example(edit.prompt, answer, edit.image)], keep_examples=True)
-    device = inputs["input_ids"].device
-    return {name: value.to(device) if torch.is_tensor(value) else value for name, value in fact.items()}
+    return on_device(fact, inputs["input_ids"].device)
 
 
 def locate(

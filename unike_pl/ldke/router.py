@@ -125,6 +125,10 @@ class RoutedEditor(Editor):
         self.inner.restore()
         self.router.clear()
 
+    def gate_values(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+        """The inner editor's gate: what its latent knowledge lets in on the edited path."""
+        return self.inner.gate_values(batch)
+
     @contextmanager
     def answering(self) -> Iterator[AnsweringModel]:
         yield RoutedAnswers(self.router, lambda _: self.edited, self.backbone)

@@ -6,7 +6,8 @@ result file names them: `write_results` refuses settings without `target_scorer`
 
 Layout of `{name}.json`::
 
-    {"scores": {"reliability": 98.8, ...}, "settings": {"target_scorer": "token_accuracy", ...}}
+    {"scores": {"reliability": 98.8, ...}, "settings": {"target_scorer": "token_accuracy", ...},
+     "diagnostics": {"gate_alpha": {"edit": {"5": 0.81, ..., "mean": 0.8}, ...}}}   (diagnostics optional)
 
 Layout of `{name}.csv` (readable with the `csv` module)::
 
@@ -65,6 +66,7 @@ def write_results(
     name: str,
     scores: Mapping[str, float],
     settings: Mapping[str, object],
+    diagnostics: Mapping[str, object] | None = None,
 ) -> tuple[Path, Path]:
     """Write `{name}.json` and `{name}.csv` into `directory` atomically; return (json path, csv path).
 
@@ -74,6 +76,8 @@ def write_results(
         scores: score ×100 per metric key (`reliability` or `test/reliability`).
         settings: JSON-serialisable run settings; must include target_scorer, locality_scorer and
             prompt_template.
+        diagnostics: JSON-serialisable measurements of the method beside its scores (the gate's mean α
+            per case and layer), written to the JSON only, under "diagnostics".
     """
     if not name or Path(name).name != name or name in (".", ".."):
         raise ValueError(f"result name must be a plain file stem, got {name!r}")
@@ -100,7 +104,10 @@ def write_results(
     directory = Path(directory)
     json_path = directory / f"{name}.json"
     csv_path = directory / f"{name}.csv"
-    atomic_write_json(json_path, {"scores": clean_scores, "settings": clean_settings})
+    document: dict[str, Any] = {"scores": clean_scores, "settings": clean_settings}
+    if diagnostics:
+        document["diagnostics"] = json.loads(json.dumps(dict(diagnostics), allow_nan=False))
+    atomic_write_json(json_path, document)
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

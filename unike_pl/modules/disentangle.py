@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 
 from unike_pl.knowledge.contrastive import semantic_loss, truthfulness_loss
 from unike_pl.knowledge.datamodule import KnowledgeMemoryDataModule
 from unike_pl.knowledge.encoders import DisentangledEncoders
+from unike_pl.knowledge.gate import fit_threshold, relevance_pairs
+
+PROGRESS = ("truth_separation", "semantic_top1", "gate_out_of_scope")
+"""Validation scores shown in the progress bar."""
 
 
 class DisentangleModule(L.LightningModule):
-    """`fit` with a KnowledgeMemoryDataModule. The checkpoint holds the encoders and ζ (`encoders.*`),
-    which is what an EditingModule loads with `validate --ckpt_path`."""
+    """`fit` with a KnowledgeMemoryDataModule. Each validation fits what editing reads from the encoders:
+    ζ and W_ζ (and their semantic analogues) on the training triplets, the gate threshold on the held-out
+    records. The checkpoint holds all of it (`encoders.*`), which is what an EditingModule loads with
+    `validate --ckpt_path`."""
 
     def __init__(self, encoder_dim: int = 64, temperature: float = 0.1, learning_rate: float = 1e-4) -> None:
         """
@@ -72,9 +81,9 @@ class DisentangleModule(L.LightningModule):
         return truth + sem
 
     def on_validation_epoch_start(self) -> None:
-        # ζ comes from the training triplets; the held-out ones measure how well it separates.
+        # ζ and W_ζ come from the training triplets; the held-out ones measure how well they hold.
         train = self.data.splits["train"].tensors
-        self._midpoints = self.encoders.set_truthful_directions(
+        self._midpoints = self.encoders.fit_directions(
             train["pos"].to(self.device), train["neg"].to(self.device)
         )
         self._val = []
@@ -84,28 +93,68 @@ class DisentangleModule(L.LightningModule):
         if len(batch["sem"]) >= 2:
             truth, sem = self._losses(z)
             self.log("val/loss", truth + sem, prog_bar=True, batch_size=len(batch["sem"]))
-        self._val.append({k: v.detach() for k, v in z.items()})
+        kept = {key: batch[key] for key in ("pos", "neg", "record", "in_scope", "is_edit")}
+        self._val.append({k: v.detach() for k, v in {**z, **kept}.items()})
 
     def on_validation_epoch_end(self) -> None:
         z = {k: torch.cat([v[k] for v in self._val]) for k in self._val[0]}
-        separation, top1 = [], []
+        scores: dict[str, list[torch.Tensor]] = defaultdict(list)
         for i, layer in enumerate(self.encoders.layers):
-            zeta = self.encoders.zeta[i]
-            # A state is called truthful when its encoding lies on ζ's side of the midpoint of the two
-            # training means; the score is the share of held-out positives and negatives called right.
-            midpoint = self._midpoints[i]
-            truthful = (z["truth_pos"][:, i] - midpoint) @ zeta > 0
-            hallucinated = (z["truth_neg"][:, i] - midpoint) @ zeta <= 0
-            correct = torch.cat([truthful, hallucinated])
-            separation.append(correct.float().mean())
-            similarity = F.normalize(z["sem_q"][:, i], dim=-1) @ F.normalize(z["sem_pos"][:, i], dim=-1).T
-            hits = similarity.argmax(-1) == torch.arange(len(similarity), device=similarity.device)
-            top1.append(hits.float().mean())
-            self.log(f"val/truth_separation_layer{layer}", separation[-1] * 100)
-            self.log(f"val/semantic_top1_layer{layer}", top1[-1] * 100)
-        self.log("val/truth_separation", torch.stack(separation).mean() * 100, prog_bar=True)
-        self.log("val/semantic_top1", torch.stack(top1).mean() * 100, prog_bar=True)
+            layer_scores = {
+                "truth_separation": self._truth_separation(z, i) * 100,
+                "semantic_top1": self._semantic_top1(z, i) * 100,
+                "zeta_map_r2": self._zeta_map_r2(z, i),
+            }
+            for name, value in layer_scores.items():
+                scores[name].append(torch.as_tensor(value, dtype=torch.float32))
+                self.log(f"val/{name}_layer{layer}", value)
+        for name, values in scores.items():
+            self.log(f"val/{name}", torch.stack(values).mean(), prog_bar=name in PROGRESS)
+        for name, value in self._fit_gate(z).items():
+            self.log(f"val/{name}", value, prog_bar=name in PROGRESS)
         self._val = []
+
+    def _truth_separation(self, z: dict[str, torch.Tensor], i: int) -> torch.Tensor:
+        """Share of held-out positives and negatives on the right side of the midpoint of the two training
+        means along ζ."""
+        zeta, midpoint = self.encoders.zeta[i], self._midpoints[i]
+        truthful = (z["truth_pos"][:, i] - midpoint) @ zeta > 0
+        hallucinated = (z["truth_neg"][:, i] - midpoint) @ zeta <= 0
+        return torch.cat([truthful, hallucinated]).float().mean()
+
+    def _semantic_top1(self, z: dict[str, torch.Tensor], i: int) -> torch.Tensor:
+        """Share of held-out questions whose nearest encoded positive is their own."""
+        similarity = F.normalize(z["sem_q"][:, i], dim=-1) @ F.normalize(z["sem_pos"][:, i], dim=-1).T
+        hits = similarity.argmax(-1) == torch.arange(len(similarity), device=similarity.device)
+        return hits.float().mean()
+
+    def _zeta_map_r2(self, z: dict[str, torch.Tensor], i: int) -> torch.Tensor:
+        """How much of h_pos − h_neg W_ζ explains on held-out triplets (R², 1 is exact, 0 is the mean)."""
+        change = (z["pos"][:, i] - z["neg"][:, i]).to(self.encoders.zeta_map)
+        predicted = (z["truth_pos"][:, i] - z["truth_neg"][:, i]) @ self.encoders.zeta_map[i].T
+        residual = (change - predicted).pow(2).sum()
+        return 1 - residual / (change - change.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+    def _fit_gate(self, z: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The gate threshold from held-out records: each record's edit (its positive state is the gate key)
+        against every held-out input, α averaged over the layers as the gate reads it; stored in the
+        encoders (and so in the checkpoint)."""
+        edits = z["is_edit"]
+        in_scope = (z["record"][:, None] == z["record"][edits][None, :]) & z["in_scope"][:, None]
+        if not bool(in_scope.any()) or bool(in_scope.all()):
+            rank_zero_warn("no held-out record has both in-scope and out-of-scope inputs: gate not fitted")
+            return {}
+        layers = range(len(self.encoders.layers))
+        alpha = torch.stack([relevance_pairs(z["sem_pos"][edits, i], z["sem_q"][:, i]) for i in layers]).mean(
+            0
+        )
+        fit = fit_threshold(alpha, in_scope)
+        self.encoders.gate_threshold.fill_(fit.threshold)
+        return {
+            "gate_threshold": fit.threshold,
+            "gate_in_scope": fit.in_scope_pass * 100,
+            "gate_out_of_scope": fit.out_of_scope_pass * 100,
+        }
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.encoders.parameters(), lr=self.hparams.learning_rate)

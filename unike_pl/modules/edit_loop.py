@@ -20,6 +20,7 @@ from unike_pl.editing.base import Editor
 from unike_pl.editing.store import EditResultStore, as_tensors
 from unike_pl.metrics import names
 from unike_pl.metrics.editing import SampleMean, build_editing_metrics
+from unike_pl.metrics.gate import GateReadings, GateSummary, gate_readings
 from unike_pl.modules.backbone_module import BackboneModule, log_scored
 from unike_pl.pre_edit_cache import PreEditCache, file_digest
 from unike_pl.scoring import (
@@ -67,6 +68,7 @@ class EditingLoop(BackboneModule):
         self.immediate = nn.ModuleDict(
             {stage: immediate.clone(prefix=f"{stage}/immediate_") for stage in STAGES}
         )
+        self.gate = GateSummary()
         self.cost = nn.ModuleDict(
             {stage: nn.ModuleDict({key: MeanMetric() for key in names.COST_METRICS}) for stage in STAGES}
         )
@@ -81,6 +83,7 @@ class EditingLoop(BackboneModule):
 
     def _start(self) -> None:
         self.editor = self.build_editor()
+        self.gate.reset()
         data_settings = self.trainer.datamodule.result_settings()
         if self.hparams.get("edits_dir") is not None:
             self.store = EditResultStore(self.hparams.edits_dir, {**self.result_settings(), **data_settings})
@@ -108,8 +111,16 @@ class EditingLoop(BackboneModule):
     def on_test_start(self) -> None:
         self._start()
 
-    def _edit_batch(self, batch: dict[str, Any]) -> tuple[Scores, Scores, list[dict[str, Any]]]:
-        """Apply the batch's edits in order, score each right after it and all of them at the end."""
+    def result_diagnostics(self) -> dict[str, Any]:
+        """What the result files record beside the scores: the mean α per case and layer."""
+        gate = self.gate.compute()
+        return {"gate_alpha": gate} if gate else {}
+
+    def _edit_batch(
+        self, batch: dict[str, Any]
+    ) -> tuple[Scores, Scores, list[dict[str, Any]], GateReadings | None]:
+        """Apply the batch's edits in order, score each right after it and all of them at the end (with
+        what the gate let into each case, for methods that have one)."""
         editor, encoder = self.editor, self.mllm.encoder
         pre_topk = self._pre_edit(batch)  # before any edit of the batch
         immediate: dict[str, list[torch.Tensor]] = {key: [] for key in names.TARGET_METRICS}
@@ -128,23 +139,26 @@ class EditingLoop(BackboneModule):
                 final = target_scores(model, batch, self.scoring)
                 final.update(locality_scores_after_edit(model, batch, self.scoring, pre_topk))
                 final.update(neighbour_scores(model, batch, self.scoring, pre_topk))
+            gate = gate_readings(editor, batch)
         finally:
             editor.restore()
-        return final, {k: torch.cat(v) for k, v in immediate.items() if v}, reports
+        return final, {k: torch.cat(v) for k, v in immediate.items() if v}, reports, gate
 
     def _step(self, batch: dict[str, Any], stage: str) -> None:
         records = batch["record"].tolist()
         stored = self.store.load(records) if self.store is not None else None
         if stored is None:
-            final, immediate, reports = self._edit_batch(batch)
+            final, immediate, reports, gate = self._edit_batch(batch)
             if self.store is not None:
-                self.store.save(records, final, reports, immediate)
+                self.store.save(records, final, reports, immediate, gate)
         else:
-            final, immediate, reports = (
+            final, immediate, reports, gate = (
                 as_tensors(stored["scores"]),
                 as_tensors(stored["immediate"]),
                 stored["edits"],
+                stored.get("gate"),
             )
+        self.gate.add(gate)
         add_scores(self.metrics[stage], final)
         add_scores(self.immediate[stage], immediate)
         for report in reports:

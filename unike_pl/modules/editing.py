@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -9,10 +10,12 @@ import torch
 from unike_pl.backbones.loader import BackboneConfig
 from unike_pl.editing.context import ContextConfig, InContextKnowledge, SentenceEncoder, demonstration_texts
 from unike_pl.editing.editor import IntrinsicConfig, UniKEEditor
-from unike_pl.editing.latent import KnowledgeInjection, LatentConfig, LayerKnowledge
-from unike_pl.knowledge.datamodule import MemoryConfig, load_memory
+from unike_pl.editing.latent import FixedGate, KnowledgeInjection, LatentConfig, LayerKnowledge, SemanticGate
+from unike_pl.editing.unrelated import UnrelatedInputs
+from unike_pl.knowledge.datamodule import MemoryConfig, TripletExamples, load_memory
 from unike_pl.knowledge.encoders import DisentangledEncoders
-from unike_pl.ldke.localization import LocalizationConfig
+from unike_pl.knowledge.memory import KnowledgeMemory
+from unike_pl.ldke.localization import LocalizationConfig, locate
 from unike_pl.modules.edit_loop import EditingLoop
 from unike_pl.scoring import ScoringConfig
 
@@ -53,8 +56,9 @@ class EditingModule(EditingLoop):
             edits_dir: folder of per-edit results; a rerun reads finished edits back. None keeps nothing.
             fast_tail: compute the frozen prefix once per edit and train through the edited layers only;
                 False runs the full model at every step (same results, slower).
-            memory_sample: unrelated FFN inputs (from the memory) that the new neurons must stay silent on.
-            seed: seed of the neurons' key jitter.
+            memory_sample: memory questions whose FFN inputs the new neurons must stay silent on (re-read
+                with the edits applied where the latent knowledge reaches them).
+            seed: seed of the memory sample, the neurons' key jitter and the random-ζ control.
             localization: LDKE's fast localization: each edit's neurons go into the `localization.layers`
                 edited layers that carry its fact; None puts them into every edited layer.
         """
@@ -80,8 +84,16 @@ class EditingModule(EditingLoop):
             self.encoders = DisentangledEncoders(layers, self.mllm.hidden_size, self.hparams.encoder_dim)
             self.encoders.requires_grad_(False)  # trained by the DisentangleModule, fixed while editing
 
+    def edited_layers(self) -> tuple[list[int], list[int]]:
+        """Where this method edits, decided here only: the layers of the latent knowledge (the memory's
+        `edited_layers` last layers) and, among them, the layers that get new neurons (the last
+        `intrinsic.layers` of those; LDKE's localization then picks per edit among these)."""
+        layers = self.mllm.last_layers(self.memory_config.edited_layers)
+        count = self.intrinsic.layers if self.intrinsic is not None else None
+        return layers, layers[-count:] if count else layers
+
     def build_editor(self) -> UniKEEditor:
-        if self.needs_encoders and not bool(self.encoders.zeta.any()):
+        if self.needs_encoders and not self.encoders.trained:
             raise ValueError(
                 "this method uses the trained encoders (β·ζ' or α from Enc_Sem): pass a DisentangleModule "
                 "checkpoint with --ckpt_path (train one with `fit --config configs/disentangle.yaml`)"
@@ -90,7 +102,7 @@ class EditingModule(EditingLoop):
         if self.in_context is not None:
             encoder = SentenceEncoder(self.in_context.sentence_encoder, self.in_context.local_files_only)
             in_context = InContextKnowledge(self.in_context, encoder, demonstration_texts(self.in_context))
-        layers = self.mllm.last_layers(self.memory_config.edited_layers)
+        layers, neuron_layers = self.edited_layers()
         if self.intrinsic is None and self.latent is None:  # in-context knowledge needs no memory
             return UniKEEditor(self.mllm, layers, None, None, None, None, in_context=in_context)
         memory = load_memory(self.backbone_config, self.memory_config)
@@ -100,23 +112,38 @@ class EditingModule(EditingLoop):
                 layer: LayerKnowledge(memory.states[layer]["sem"], memory.states[layer]["pos"])
                 for layer in layers
             }
-            alpha = self.encoders.relevance if self.latent.alpha is None else self.latent.alpha
-            injection = KnowledgeInjection(self.mllm, knowledge, self.latent.top_k, alpha)
-        sample = torch.randperm(len(memory), generator=torch.Generator().manual_seed(self.hparams.seed))
-        sample = sample[: self.hparams.memory_sample]
-        ffn_memory = {layer: memory.states[layer]["ffn"][sample] for layer in layers}
+            gate = (
+                SemanticGate(self.encoders, self.latent.gate_threshold, self.latent.gate_value)
+                if self.latent.alpha is None
+                else FixedGate(self.latent.alpha)
+            )
+            injection = KnowledgeInjection(self.mllm, knowledge, self.latent.top_k, gate)
+        choose_layers = None
+        if self.localization is not None:
+            choose_layers = partial(locate, config=self.localization)
         return UniKEEditor(
             self.mllm,
             layers,
             self.intrinsic,
             injection,
             self.encoders if self.needs_encoders else None,
-            ffn_memory,
+            self.unrelated_inputs(memory, layers) if self.intrinsic is not None else None,
             fast_tail=self.hparams.fast_tail,
             seed=self.hparams.seed,
             in_context=in_context,
-            localization=self.localization,
+            neuron_layers=neuron_layers,
+            choose_layers=choose_layers,
         )
+
+    def unrelated_inputs(self, memory: KnowledgeMemory, layers: list[int]) -> UnrelatedInputs:
+        """A seeded sample of `memory_sample` memory questions: what the new neurons must stay silent on."""
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        rows = torch.randperm(len(memory), generator=generator)[: self.hparams.memory_sample]
+        states = {
+            kind: {layer: memory.states[layer][kind][rows] for layer in layers} for kind in ("sem", "ffn")
+        }
+        examples = TripletExamples(self.memory_config, [memory.triplets[int(row)] for row in rows])
+        return UnrelatedInputs(self.mllm, states["sem"], states["ffn"], examples)
 
     def method_settings(self) -> dict[str, Any]:
         return {
