@@ -14,8 +14,10 @@ from unike_pl.data import MMEditDataset, read_mmedit
 from unike_pl.data.cases import EditCollator
 from unike_pl.metrics import names, read_results, token_accuracy
 
-CONFIGS = sorted(c for c in (Path(__file__).parents[1] / "configs").glob("*.yaml") if c.stem != "compare")
-"""LightningCLI configs; configs/compare.yaml is the comparison command's (tests/test_compare.py)."""
+CONFIGS = sorted(
+    c for c in (Path(__file__).parents[1] / "configs").glob("*.yaml") if not c.stem.startswith("compare")
+)
+"""LightningCLI configs; configs/compare*.yaml are the comparison command's (tests/test_compare.py)."""
 
 
 def test_help_lists_the_subcommands(capsys):

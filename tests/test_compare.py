@@ -11,7 +11,7 @@ import yaml
 
 from unike_pl.cli import main
 from unike_pl.compare.plan import ComparisonConfigError, build_plan
-from unike_pl.compare.plots import metric_bars, space_projection
+from unike_pl.compare.plots import PLOTTED, metric_bars, space_projection
 from unike_pl.compare.table import collect_rows, csv_table, markdown_table, write_tables
 from unike_pl.knowledge.encoders import DisentangledEncoders
 from unike_pl.knowledge.memory import KnowledgeMemory, Triplet
@@ -46,6 +46,37 @@ def test_the_shipped_comparison_covers_every_method_and_protocol():
     assert ldke.config["model"]["class_path"] == "unike_pl.modules.LDKEModule"
     assert ldke.config["model"]["init_args"]["localization"]["scorer"] == "attribution"
     assert ldke.ckpt_path.endswith("encoders.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("name", "label", "values"),
+    [
+        ("compare_top_k.yaml", "K (retrieved states per edit)", [5, 10, 20, 40, 80]),
+        ("compare_alpha.yaml", "fixed α", [0.1, 0.3, 0.5, 0.7, 0.9]),
+    ],
+)
+def test_the_shipped_sweeps_vary_one_setting_of_unike(name, label, values):
+    plan = build_plan(SHIPPED.parent / name)
+    assert plan.sweep.label == label and sorted(plan.sweep.values.values()) == values
+    key = "top_k" if "top_k" in name else "alpha"
+    for method, value in plan.sweep.values.items():
+        latent = composed(plan, method, "one-step").config["model"]["init_args"]["latent"]
+        assert latent[key] == value and latent["top_k" if key == "alpha" else "alpha"] == (
+            40 if key == "alpha" else None
+        )
+    assert all(run.ckpt_path.endswith("encoders.ckpt") for run in plan.runs)
+
+
+def test_a_sweep_is_drawn_against_its_setting(tmp_path):
+    from unike_pl.compare.plan import Sweep
+    from unike_pl.compare.plots import sweep_lines
+
+    rows = [
+        {"method": method, "protocol": "one-step", **{metric: score for metric in PLOTTED}}
+        for method, score in (("a", 10.0), ("b", 20.0), ("reference", 50.0))
+    ]
+    path = sweep_lines(rows, Sweep("x", {"a": 1.0, "b": 2.0}), "one-step", tmp_path / "sweep.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def composed(plan, method, protocol):

@@ -15,8 +15,8 @@ import yaml
 from rich.console import Console
 
 from unike_pl.cli import main as cli_main
-from unike_pl.compare.plan import Plan, Run, build_plan
-from unike_pl.compare.plots import load_spaces, metric_bars, space_projection
+from unike_pl.compare.plan import Plan, Run, build_plan, slug
+from unike_pl.compare.plots import load_spaces, metric_bars, space_projection, sweep_lines
 from unike_pl.compare.table import collect_rows, markdown_table, write_tables
 from unike_pl.io import atomic_write_json, atomic_write_text
 
@@ -58,6 +58,10 @@ def report(plan: Plan) -> None:
     rows = collect_rows(plan)
     written = list(write_tables(plan, rows))
     written.append(metric_bars(rows, plan.protocols, plan.methods, plan.output_dir / "metrics.png"))
+    if plan.sweep is not None:
+        for protocol in plan.protocols:
+            name = "sweep.png" if len(plan.protocols) == 1 else f"sweep_{slug(protocol)}.png"
+            written.append(sweep_lines(rows, plan.sweep, protocol, plan.output_dir / name))
     if plan.encoders_checkpoint and Path(plan.encoders_checkpoint).is_file():
         memory, encoders = load_spaces(plan.base_model, plan.encoders_checkpoint)
         written.append(space_projection(memory, encoders, plan.output_dir / "spaces.png"))

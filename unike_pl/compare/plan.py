@@ -53,6 +53,17 @@ class Plan:
     """The DisentangleModule checkpoint whose spaces are drawn (None: no projection plot)."""
     base_model: dict[str, Any]
     """The base config's model settings (backbone, memory): what the drawn spaces were trained on."""
+    sweep: Sweep | None = None
+    """A setting swept across the methods, drawn as scores against its value (`sweep.png`)."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Methods that differ in one setting: `label` names it, `values` gives each method's value. Methods
+    without one (the dynamic α of the α sweep) are drawn as horizontal references."""
+
+    label: str
+    values: dict[str, float]
 
 
 def slug(text: str) -> str:
@@ -160,7 +171,16 @@ def build_plan(
     used = {run.ckpt_path for run in runs} | {settings.get("encoders_checkpoint")}
     used |= {value for run in runs for value in _strings(run.config)}
     prerequisites = [item for item in prerequisites if item.checkpoint in used]
+    sweep = None
+    if "sweep" in settings:
+        entry = settings["sweep"]
+        values = {name: float(value) for name, value in _require(entry, "values", source, "sweep").items()}
+        unknown = sorted(set(values) - set(all_methods))
+        if unknown:
+            raise ComparisonConfigError(f"{source}: sweep values name no method {unknown}")
+        sweep = Sweep(str(_require(entry, "label", source, "sweep")), values)
     return Plan(
+        sweep=sweep,
         output_dir=Path(settings.get("output_dir", "results/comparison")),
         prerequisites=prerequisites,
         runs=runs,

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from unike_pl.backbones.loader import BackboneConfig  # noqa: E402
+from unike_pl.compare.plan import Sweep  # noqa: E402
 from unike_pl.io import atomic_write_bytes  # noqa: E402
 from unike_pl.knowledge.datamodule import MemoryConfig, MemorySource, load_memory  # noqa: E402
 from unike_pl.knowledge.encoders import DisentangledEncoders  # noqa: E402
@@ -50,6 +51,38 @@ def metric_bars(rows: list[dict[str, Any]], protocols: list[str], methods: list[
         axis.set_ylabel("score (×100)")
         axis.set_title(protocol)
     axes[0, 0].legend(ncol=min(len(methods), 5), fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.12))
+    return save_figure(figure, path)
+
+
+def sweep_lines(rows: list[dict[str, Any]], sweep: Sweep, protocol: str, path: Path) -> Path:
+    """Each metric against the swept setting (one line per metric); methods outside the sweep are dashed
+    horizontal references in the same colour."""
+    scored = {row["method"]: row for row in rows if row["protocol"] == protocol}
+    swept = sorted((value, method) for method, value in sweep.values.items() if method in scored)
+    references = [method for method in scored if method not in sweep.values]
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    colours = plt.get_cmap("tab10").colors
+    styles = ("--", ":", "-.")
+    for i, metric in enumerate(PLOTTED):
+        colour = colours[i % len(colours)]
+        xs = [value for value, _ in swept]
+        axis.plot(
+            xs,
+            [scored[m][metric] or 0.0 for _, m in swept],
+            "o-",
+            color=colour,
+            label=names.DISPLAY_NAMES[metric],
+        )
+        for j, method in enumerate(references):
+            axis.axhline(scored[method][metric] or 0.0, color=colour, linestyle=styles[j % len(styles)], lw=1)
+    if swept and max(v for v, _ in swept) / max(min(v for v, _ in swept), 1e-9) >= 8:
+        axis.set_xscale("log", base=2)
+        axis.set_xticks([value for value, _ in swept], [f"{value:g}" for value, _ in swept])
+    axis.set_xlabel(sweep.label + (f"  (dashed: {', '.join(references)})" if references else ""))
+    axis.set_ylabel("score (×100)")
+    axis.set_ylim(0, 100)
+    axis.set_title(protocol)
+    axis.legend(fontsize=8, ncol=4, loc="lower left", bbox_to_anchor=(0, 1.08))
     return save_figure(figure, path)
 
 
