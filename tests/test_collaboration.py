@@ -249,6 +249,7 @@ def test_the_memory_loss_sees_the_unrelated_inputs_as_the_neurons_do(backbone):
             assert count == 0 and all(torch.equal(seen[layer], stored[layer]) for layer in layers)
             continue
         assert count == 6
+        order = unrelated.reached(injection).tolist()  # re-read rows come in this order
         for image in (True, False):
             rows = [i for i in range(6) if (i % 2 == 1) == image]
             examples = unrelated.examples(rows)
@@ -257,7 +258,11 @@ def test_the_memory_loss_sees_the_unrelated_inputs_as_the_neurons_do(backbone):
                 backbone(encoded)
             for layer in layers:
                 direct = at_positions(captured["ffn"][layer], encoded["prompt_length"] - 1)
-                assert torch.allclose(seen[layer][rows], direct, atol=1e-5)
+                assert torch.allclose(seen[layer][[order.index(row) for row in rows]], direct, atol=1e-5)
+    unrelated.reread_limit = 2  # the reached questions beyond the limit leave the margin loss
+    injection = with_edit_knowledge(backbone, layers, FixedGate(0.5))
+    seen, count = unrelated.seen(injection, injection.attached)
+    assert count == 6 and all(len(states) == 2 for states in seen.values())
 
 
 def test_the_knowledge_shift_changes_what_the_memory_loss_sees(backbone):

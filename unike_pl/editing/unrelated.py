@@ -33,6 +33,7 @@ class UnrelatedInputs:
         ffn: Mapping[int, torch.Tensor],
         examples: ExampleLoader | None = None,
         batch_size: int = 64,
+        reread_limit: int = 256,
     ) -> None:
         """
         Args:
@@ -42,6 +43,10 @@ class UnrelatedInputs:
             ffn: per layer, the unedited FFN input there, (count, hidden): what the neurons read.
             examples: loads the questions to run again; None never re-reads (stored states only).
             batch_size: questions per forward when re-reading.
+            reread_limit: at most this many reached questions are re-read per edit (the first ones in a
+                fixed random order); reached ones beyond it are left out of the margin loss rather than
+                seen with stale states. A gate keeps the reached ones few (about 170 of 2,000 world
+                questions per edit); a fixed α reaches all of them.
         """
         device = backbone.model.device
         self.backbone = backbone
@@ -49,12 +54,17 @@ class UnrelatedInputs:
         self.ffn = {layer: states.to(device).float() for layer, states in ffn.items()}
         self.examples = examples
         self.batch_size = batch_size
+        self.reread_limit = reread_limit
+        count = len(next(iter(self.ffn.values())))
+        self.order = torch.randperm(count, generator=torch.Generator().manual_seed(0))
 
     def reached(self, injection: KnowledgeInjection | None) -> torch.Tensor:
-        """Rows whose gate opens for some active edit (it reads the unedited states, which are stored)."""
+        """Rows whose gate opens for some active edit (it reads the unedited states, which are stored), in
+        the fixed random order."""
         if injection is None or not injection.edits:
             return torch.zeros(0, dtype=torch.long)
-        return (injection.read_gate(self.attention).alpha > 0).nonzero().flatten().cpu()
+        opened = (injection.read_gate(self.attention).alpha > 0).cpu()
+        return self.order[opened[self.order]]
 
     @torch.no_grad()
     def seen(
@@ -62,17 +72,21 @@ class UnrelatedInputs:
         injection: KnowledgeInjection | None,
         edited: Callable[[], AbstractContextManager],
     ) -> tuple[dict[int, torch.Tensor], int]:
-        """The FFN inputs the neurons see on every question, (count, hidden) per layer, and how many were
-        re-read under `edited` (a context in which the backbone runs with the active edits)."""
-        rows = self.reached(injection)
-        if len(rows) == 0:
+        """The FFN inputs the neurons see, (rows, hidden) per layer: the stored ones of the questions the
+        knowledge does not reach, and the reached ones re-read under `edited` (a context in which the
+        backbone runs with the active edits), up to `reread_limit`; and how many were reached."""
+        reached = self.reached(injection)
+        if len(reached) == 0:
             return self.ffn, 0
         if self.examples is None:
             raise ValueError(
                 "the latent knowledge reaches memory questions, but no loader was given to re-read them"
             )
-        states = {layer: values.clone() for layer, values in self.ffn.items()}
-        layers, device = list(states), self.backbone.model.device
+        rows = reached[: self.reread_limit]
+        keep = torch.ones(len(self.order), dtype=torch.bool)
+        keep[reached] = False
+        layers, device = list(self.ffn), self.backbone.model.device
+        reread = {layer: torch.zeros(len(rows), self.ffn[layer].shape[1], device=device) for layer in layers}
         examples = self.examples(rows.tolist())
         with edited(), layer_inputs(self.backbone, layers) as captured:
             for group in by_modality(examples):  # a batch is all multimodal or all text-only
@@ -80,10 +94,11 @@ class UnrelatedInputs:
                     chunk = group[start : start + self.batch_size]
                     encoded = on_device(self.backbone.encoder.encode([examples[i] for i in chunk]), device)
                     self.backbone(encoded)
-                    last, chunk_rows = encoded["prompt_length"] - 1, rows[chunk].to(device)
+                    last = encoded["prompt_length"] - 1
                     for layer in layers:
-                        states[layer][chunk_rows] = at_positions(captured["ffn"][layer], last).float()
-        return states, len(rows)
+                        reread[layer][chunk] = at_positions(captured["ffn"][layer], last).float()
+        keep = keep.to(device)
+        return {layer: torch.cat([self.ffn[layer][keep], reread[layer]]) for layer in layers}, len(reached)
 
 
 def by_modality(examples: Sequence[Example]) -> list[list[int]]:
