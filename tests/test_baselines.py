@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 
 import pytest
 import torch
@@ -67,8 +68,13 @@ def assert_unchanged(backbone, state, probe, before):
 def test_fine_tuning_learns_the_edit_and_restore_copies_the_weights_back(backbone):
     state, probe = snapshot(backbone), probes(backbone)
     before = backbone(probe)
-    editor = FineTuneEditor(backbone, FineTuneConfig(layers=1, learning_rate=0.05, max_steps=30))
+    config = FineTuneConfig(layers=1, learning_rate=0.05, max_steps=30)
     inputs = encode(backbone, edit_example())
+    fixed = FineTuneEditor(backbone, config)
+    report = fixed.edit(inputs)
+    assert report.success and report.steps == 30  # a fixed number of steps by default
+    fixed.restore()
+    editor = FineTuneEditor(backbone, replace(config, stop_early=True))
     report = editor.edit(inputs)
     assert report.success and 0 < report.steps < 30
     with editor.answering() as model, torch.no_grad():
