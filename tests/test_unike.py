@@ -199,3 +199,22 @@ def test_the_pre_edit_cache_checks_its_records_and_keys(tmp_path):
     cache.path([4]).rename(cache.path([5]))
     with pytest.raises(ValueError, match=r"holds records \[4\], expected \[5\]"):
         cache.predictions([5], compute)
+
+
+def test_an_encoders_checkpoint_without_the_fitted_gate_is_refused(
+    tmp_path, encoders, small_world, world_model
+):
+    stale = torch.load(
+        encoders / "runs" / "disentangle" / "checkpoints" / "encoders.ckpt", weights_only=False
+    )
+    for key in (
+        "encoders.zeta_map",
+        "encoders.semantic_zeta",
+        "encoders.semantic_zeta_map",
+        "encoders.gate_threshold",
+    ):
+        del stale["state_dict"][key]
+    torch.save(stale, tmp_path / "stale.ckpt")
+    config = edit_config(tmp_path, small_world, world_model, memory={**read_memory(encoders), **MEMORY_LIMIT})
+    with pytest.raises(ValueError, match="refit it"):
+        main(["validate", "--config", str(config), "--ckpt_path", str(tmp_path / "stale.ckpt")])

@@ -42,6 +42,10 @@ LayerChooser = Callable[[Backbone, Mapping[str, Any], Sequence[int]], list[int]]
 localization is one); it runs on the unedited model."""
 
 
+ZETA_MAPS = ("fitted", "learned")
+"""How W_ζ is obtained: fitted in disentangling (frozen), or learned per edit (the released code)."""
+
+
 @dataclass
 class IntrinsicConfig:
     """Extra FFN key-value neurons trained per edit (UniKE's assimilation, T-Patcher style)."""
@@ -87,9 +91,6 @@ class IntrinsicConfig:
             raise ValueError(
                 f"intrinsic.zeta_map must be one of {', '.join(ZETA_MAPS)}, got {self.zeta_map!r}"
             )
-
-
-ZETA_MAPS = ("fitted", "learned")
 
 
 class FixedShift(nn.Module):

@@ -84,6 +84,17 @@ class EditingModule(EditingLoop):
             self.encoders = DisentangledEncoders(layers, self.mllm.hidden_size, self.hparams.encoder_dim)
             self.encoders.requires_grad_(False)  # trained by the DisentangleModule, fixed while editing
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        weights = checkpoint.get("state_dict", {})
+        has_encoders = any(key.startswith("encoders.") for key in weights)
+        missing = [key for key in ("encoders.zeta_map", "encoders.gate_threshold") if key not in weights]
+        if has_encoders and missing:
+            raise ValueError(
+                f"the encoders checkpoint lacks {', '.join(missing)}: it was written before W_ζ and the "
+                "gate threshold were fitted in disentangling; refit it with "
+                "`fit --config configs/disentangle.yaml` (the memory cache is reused)"
+            )
+
     def edited_layers(self) -> tuple[list[int], list[int]]:
         """Where this method edits, decided here only: the layers of the latent knowledge (the memory's
         `edited_layers` last layers) and, among them, the layers that get new neurons (the last
