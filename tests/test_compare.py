@@ -197,3 +197,20 @@ def test_a_finished_cell_is_not_run_again_unless_its_config_changed(tmp_path, mo
     command.run_one(unfinished)  # the config changed: runs again, resuming from stored edits
     assert len(calls) == 2
     assert (unfinished.folder / "timing.json").read_text() == '{"seconds": 60.0}'  # not a resumed run's time
+
+
+def test_running_some_cells_reports_every_finished_cell(tmp_path, monkeypatch):
+    from unike_pl.compare import __main__ as command
+
+    finished_plan(tmp_path)  # FT one-step, FT T=10 and UniKE one-step have finished
+    reported = []
+    monkeypatch.setattr(command, "run_prerequisites", lambda plan: None)
+    monkeypatch.setattr(command, "run_one", lambda run: None)
+    monkeypatch.setattr(command, "report", lambda plan: reported.append(collect_rows(plan)))
+    config = tmp_path / "compare.yaml"
+    command.main(["--config", str(config), "--methods", "UniKE", "--protocols", "one-step"])
+    assert [(r["method"], r["protocol"]) for r in reported[0]] == [
+        ("FT", "one-step"),
+        ("FT", "sequential T=10"),
+        ("UniKE", "one-step"),
+    ]

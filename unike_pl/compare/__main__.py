@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="comparison config (configs/compare.yaml)")
     parser.add_argument("--methods", nargs="+", help="only these methods (names as in the config)")
     parser.add_argument("--protocols", nargs="+", help="only these protocols")
-    parser.add_argument("--report-only", action="store_true", help="write the table from finished runs")
+    parser.add_argument("--report-only", action="store_true", help="write the tables from finished runs")
     args = parser.parse_args(argv)
     plan = build_plan(args.config, args.methods, args.protocols)
     if not args.report_only:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         for run in plan.runs:
             run_one(run)
         console.print(f"comparison took {(time.perf_counter() - start) / 60:.1f} min")
-    report(plan)
+    report(build_plan(args.config) if args.methods or args.protocols else plan)
 
 
 if __name__ == "__main__":
