@@ -54,3 +54,25 @@ def shipped_config(name: str, tmp_path: Path, world: Path, model: Path) -> dict[
 def write_config(settings: dict[str, Any], path: Path) -> Path:
     path.write_text(yaml.safe_dump(settings))
     return path
+
+
+def shrink(config: Path, tmp_path: Path, model: Path, data: Path) -> Path:
+    """The real config pointed at a tiny model and a tiny split, writing results under tmp_path."""
+    settings = yaml.safe_load(config.read_text())
+    backbone = {"name_or_path": str(model), "dtype": "float32", "local_files_only": True}
+    settings["model"]["init_args"]["backbone"] = backbone
+    settings["data"]["init_args"].update(
+        backbone=backbone,
+        eval_file=str(data / "vqa_eval.json"),
+        train_file=None,
+        image_root=str(data / "coco"),
+        rephrase_image_root=str(data / "rephrase"),
+        batch_size=2,
+    )
+    for callback in settings["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("ResultsReport"):
+            callback["init_args"]["output_dir"] = str(tmp_path / "results")
+    settings["trainer"].update(accelerator="cpu", default_root_dir=str(tmp_path / "runs"))
+    shrunk = tmp_path / config.name
+    shrunk.write_text(yaml.safe_dump(settings))
+    return shrunk

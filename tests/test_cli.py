@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from tests.helpers import shrink
 from unike_pl.backbones import BackboneConfig, load_backbone
 from unike_pl.cli import main
 from unike_pl.data import MMEditDataset, read_mmedit
@@ -41,28 +42,6 @@ def test_every_config_parses(config, capsys):
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith("unike_pl.")
-
-
-def shrink(config: Path, tmp_path: Path, model: Path, data: Path) -> Path:
-    """The real config pointed at a tiny model and a tiny split, writing results under tmp_path."""
-    settings = yaml.safe_load(config.read_text())
-    backbone = {"name_or_path": str(model), "dtype": "float32", "local_files_only": True}
-    settings["model"]["init_args"]["backbone"] = backbone
-    settings["data"]["init_args"].update(
-        backbone=backbone,
-        eval_file=str(data / "vqa_eval.json"),
-        train_file=None,
-        image_root=str(data / "coco"),
-        rephrase_image_root=str(data / "rephrase"),
-        batch_size=2,
-    )
-    for callback in settings["trainer"]["callbacks"]:
-        if callback["class_path"].endswith("ResultsReport"):
-            callback["init_args"]["output_dir"] = str(tmp_path / "results")
-    settings["trainer"].update(accelerator="cpu", default_root_dir=str(tmp_path / "runs"))
-    shrunk = tmp_path / config.name
-    shrunk.write_text(yaml.safe_dump(settings))
-    return shrunk
 
 
 def expected_reliability(model: Path, data: Path) -> float:

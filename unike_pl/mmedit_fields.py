@@ -22,3 +22,6 @@ MMEDIT_FIELDS = (
     "m_loc_q",
     "m_loc_a",
 )
+GROUP_FIELD = "group"
+"""Optional (the embedded world's edits; absent from MMEdit): the labelled group of an edit, e.g.
+`seen-rule` or `unseen-rule`. Results report every metric for all edits and for each group."""

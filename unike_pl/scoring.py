@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torchmetrics import MetricCollection
 
 from unike_pl.backbones.loader import Backbone
 from unike_pl.editing.base import AnsweringModel
@@ -162,7 +161,21 @@ def locality_answer_scores(backbone: Backbone, batch: Mapping[str, Any], scoring
     return scores
 
 
-def add_scores(metrics: MetricCollection, scores: Mapping[str, torch.Tensor]) -> None:
-    """Add per-sample scores to the metrics of the same keys."""
+NEIGHBOUR_CASE_OF_METRIC = {names.CASE_METRIC[case]: case for case in names.NEIGHBOUR_CASES}
+
+
+def score_groups(batch: Mapping[str, Any], scores: Mapping[str, torch.Tensor]) -> dict[str, list[str | None]]:
+    """The record group of every entry of every score: one entry per record of the batch, except for the
+    neighbour metrics, which score only the records that have inputs of their case (`neighbour_scores`)."""
+    groups: dict[str, list[str | None]] = {}
     for key, values in scores.items():
-        metrics[key].add(values.to(metrics[key].total.device))
+        case = NEIGHBOUR_CASE_OF_METRIC.get(key)
+        if case is None:
+            entries = list(batch["group"])
+        else:
+            inputs = batch["neighbours"][case]
+            entries = [group for group, own in zip(batch["group"], inputs, strict=True) if own is not None]
+        if len(entries) != len(values):
+            raise ValueError(f"score {key!r} has {len(values)} entries for {len(entries)} scored records")
+        groups[key] = entries
+    return groups

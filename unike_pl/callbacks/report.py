@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from unike_pl.metrics import names
-from unike_pl.metrics.results import write_results
+from unike_pl.metrics.results import GroupScores, write_results
 
 
 def collect_scores(metrics: dict[str, Any], stage: str) -> dict[str, float]:
@@ -22,13 +22,44 @@ def collect_scores(metrics: dict[str, Any], stage: str) -> dict[str, float]:
     }
 
 
-def scores_table(title: str, scores: dict[str, float]) -> Table:
+def collect_group_scores(metrics: dict[str, Any], stage: str) -> GroupScores | None:
+    """The `{stage}/{group}/{metric}` entries of Lightning's logged metrics, for every group that logged
+    its record count (`{stage}/{group}/records`); None on data without groups."""
+    head, tail = f"{stage}/", f"/{names.RECORDS}"
+    groups = [
+        key[len(head) : -len(tail)]
+        for key in metrics
+        if key.startswith(head) and key.endswith(tail) and key.count("/") == 2
+    ]
+    if not groups:
+        return None
+    return GroupScores(
+        scores={
+            group: {
+                names.stage_key(stage, metric): float(metrics[f"{stage}/{group}/{metric}"])
+                for metric in names.ALL_METRICS
+                if f"{stage}/{group}/{metric}" in metrics
+            }
+            for group in groups
+        },
+        records={group: int(metrics[f"{head}{group}{tail}"]) for group in groups},
+    )
+
+
+def scores_table(title: str, scores: dict[str, float], groups: GroupScores | None = None) -> Table:
+    """One row per metric: the score of all records, then one column per group (and its record count)."""
     table = Table(title=title)
     table.add_column("metric")
-    table.add_column("score (×100)", justify="right")
+    table.add_column("all (×100)" if groups else "score (×100)", justify="right")
+    by_group = groups.scores if groups else {}
+    for group in by_group:
+        table.add_column(group, justify="right")
     for key, value in scores.items():
         metric = key.rpartition("/")[2]
-        table.add_row(names.DISPLAY_NAMES[metric], f"{value:.2f}")
+        cells = [f"{by_group[group][key]:.2f}" if key in by_group[group] else "–" for group in by_group]
+        table.add_row(names.DISPLAY_NAMES[metric], f"{value:.2f}", *cells)
+    if groups:
+        table.add_row("records", "", *(str(groups.records[group]) for group in by_group))
     return table
 
 
@@ -72,10 +103,11 @@ class ResultsReport(L.Callback):
             return
         settings = {**_settings_of(pl_module), **_settings_of(trainer.datamodule)}
         diagnostics = getattr(pl_module, "result_diagnostics", dict)()
+        groups = collect_group_scores(trainer.callback_metrics, stage)
         name = f"{self.run_name or type(pl_module).__name__}_{stage}"
-        self.written = list(write_results(self.output_dir, name, scores, settings, diagnostics))
+        self.written = list(write_results(self.output_dir, name, scores, settings, diagnostics, groups))
         console = Console()
-        console.print(scores_table(f"{name} ({settings.get('eval_file', '')})", scores))
+        console.print(scores_table(f"{name} ({settings.get('eval_file', '')})", scores, groups))
         if "gate_alpha" in diagnostics:
             console.print(gate_table(diagnostics["gate_alpha"]))
         Console().print(f"results: {self.written[0]} and {self.written[1]}")

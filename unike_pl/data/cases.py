@@ -30,11 +30,13 @@ def open_image(path: Path, file: Path, record: int, field: str) -> Image.Image:
 @dataclass(frozen=True)
 class EditSample:
     """An edit descriptor and its neighbours: `cases` maps each case name to its scored example,
-    `neighbours` each neighbour case name to a list of examples (empty when the record has none)."""
+    `neighbours` each neighbour case name to a list of examples (empty when the record has none), and
+    `group` the record's labelled group (None when it has none)."""
 
     record: int
     cases: dict[str, Example]
     neighbours: dict[str, list[Example]]
+    group: str | None = None
 
 
 def build_cases(
@@ -92,6 +94,11 @@ class MMEditDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def record_groups(self) -> list[str | None]:
+        """The group of every served record, in order (read without loading images)."""
+        return [record.group for record in self.records]
+
     def __getitem__(self, position: int) -> EditSample:
         record = self.records[position]
 
@@ -102,6 +109,7 @@ class MMEditDataset(Dataset):
             record.index,
             build_cases(record, self.split.task, self.use_template, load),
             build_neighbours(record, self.split.task, self.use_template, load),
+            record.group,
         )
 
 
@@ -119,13 +127,26 @@ class CrossTaskDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, position: int) -> EditSample:
+    def _source(self, position: int) -> tuple[MMEditDataset, int]:
+        """The split that stream position `position` comes from, and the position in that split."""
         rounds, offset = divmod(position, self.every)
         if offset == self.every - 1:
-            sample = self.mixed[rounds]
-        else:
-            sample = self.main[rounds * (self.every - 1) + offset]
-        return EditSample(position, sample.cases, sample.neighbours)
+            return self.mixed, rounds
+        return self.main, rounds * (self.every - 1) + offset
+
+    def __getitem__(self, position: int) -> EditSample:
+        dataset, index = self._source(position)
+        sample = dataset[index]
+        return EditSample(position, sample.cases, sample.neighbours, sample.group)
+
+    @property
+    def record_groups(self) -> list[str | None]:
+        """The group of every record of the stream, in order."""
+        main, mixed = self.main.record_groups, self.mixed.record_groups
+        return [
+            (mixed if dataset is self.mixed else main)[index]
+            for dataset, index in map(self._source, range(len(self)))
+        ]
 
 
 class EditCollator:
@@ -139,6 +160,7 @@ class EditCollator:
     def __call__(self, samples: Sequence[EditSample]) -> dict[str, Any]:
         return {
             "record": torch.tensor([s.record for s in samples]),
+            "group": [s.group for s in samples],
             "cases": {
                 case: self.encoder.encode([s.cases[case] for s in samples], keep_examples=True)
                 for case in names.CASES
@@ -160,6 +182,7 @@ def select_record(batch: dict[str, Any], index: int, encoder: PromptEncoder) -> 
     """Record `index` of a collated batch as a batch of one, every case included."""
     return {
         "record": batch["record"][index : index + 1],
+        "group": batch["group"][index : index + 1],
         "cases": {
             case: select_sample(encoded, index, encoder.layout, encoder.config)
             for case, encoded in batch["cases"].items()

@@ -91,6 +91,14 @@ class MMEditDataModule(L.LightningDataModule):
                 self.hparams.cross_task_every,
             )
 
+    def eval_groups(self) -> tuple[str, ...]:
+        """The labelled groups (`group` field) of the records validate/test/predict serve, sorted; empty
+        for data without groups. Read from the whole split, so every process gets the same groups."""
+        if self._eval_split not in self.datasets:
+            raise RuntimeError("eval_groups() needs the eval split: call setup() first")
+        groups = self.datasets[self._eval_split].record_groups
+        return tuple(sorted({group for group in groups if group is not None}))
+
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         train_batch_size = self.hparams.train_batch_size or self.hparams.batch_size

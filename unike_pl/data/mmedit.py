@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unike_pl.mmedit_fields import IMAGE_FIELDS, TASKS, TEXT_FIELDS
+from unike_pl.mmedit_fields import GROUP_FIELD, IMAGE_FIELDS, TASKS, TEXT_FIELDS
 
 MAY_BE_EMPTY = ("pred", "alt")  # `pred` is never scored; an empty `alt` makes the record skippable
 
@@ -69,6 +69,8 @@ class EditRecord:
     m_loc_a: str
     related: tuple[QuestionAnswer, ...] = ()
     hard_loc: tuple[HardLocality, ...] = ()
+    group: str | None = None
+    """The labelled group of the edit (`group` field), None when the record has none."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,24 @@ def _parse_record(
         **images,
         related=_related(file, index, item),
         hard_loc=_hard_locality(file, index, item, roots["image_root"], check),
+        group=_group(file, index, item),
     )
+
+
+def _group(file: Path, index: int, item: Mapping[str, Any]) -> str | None:
+    """The optional group label; it becomes part of logged metric names (`val/<group>/reliability`)."""
+    if GROUP_FIELD not in item:
+        return None
+    value = item[GROUP_FIELD]
+    if not isinstance(value, str):
+        raise MMEditFormatError(file, f"expected a string, found {type(value).__name__}", index, GROUP_FIELD)
+    if not value.strip():
+        raise MMEditFormatError(file, "empty", index, GROUP_FIELD)
+    if "/" in value:
+        raise MMEditFormatError(
+            file, f"{value!r} contains '/', which separates logged metric names", index, GROUP_FIELD
+        )
+    return value.strip()
 
 
 def _entries(

@@ -41,19 +41,26 @@ class EditResultStore:
     def path(self, records: Sequence[int]) -> Path:
         return self.folder / f"records_{records[0]:06d}_{len(records):03d}.json"
 
-    def load(self, records: Sequence[int]) -> dict[str, Any] | None:
-        """The stored result of exactly these records, or None if they were not edited yet."""
+    def load(self, records: Sequence[int], groups: Sequence[str | None]) -> dict[str, Any] | None:
+        """The stored result of exactly these records (whose groups are `groups`), or None if they were not
+        edited yet. A file written before records had groups holds none; its scores hold all the same."""
         file = self.path(records)
         if not file.is_file():
             return None
         result = json.loads(file.read_text())
         if result.get("records") != list(records):
             raise ValueError(f"{file}: holds records {result.get('records')}, expected {list(records)}")
+        if "groups" in result and result["groups"] != list(groups):
+            raise ValueError(
+                f"{file}: holds records of groups {result['groups']}, but the data gives {list(groups)}; "
+                "point `edits_dir` at a new folder or delete this one"
+            )
         return result
 
     def save(
         self,
         records: Sequence[int],
+        groups: Sequence[str | None],
         scores: Mapping[str, torch.Tensor],
         reports: Sequence[Mapping[str, Any]],
         immediate: Mapping[str, torch.Tensor] | None = None,
@@ -61,6 +68,7 @@ class EditResultStore:
     ) -> None:
         result = {
             "records": list(records),
+            "groups": list(groups),
             "scores": {key: values.tolist() for key, values in scores.items()},
             "immediate": {key: values.tolist() for key, values in (immediate or {}).items()},
             "edits": list(reports),

@@ -14,6 +14,7 @@ from unike_pl.metrics.editing import (
     TLocality,
     build_editing_metrics,
 )
+from unike_pl.metrics.groups import GroupedMetrics, add_scores
 from unike_pl.metrics.names import (
     ALL_METRICS,
     ANSWER_METRICS,
@@ -42,6 +43,7 @@ from unike_pl.metrics.names import (
     MULTIMODAL_LOCALITY,
     NEIGHBOUR_CASES,
     NEIGHBOUR_METRICS,
+    RECORDS,
     RELATED,
     RELATED_ACCURACY,
     RELIABILITY,
@@ -59,7 +61,7 @@ from unike_pl.metrics.names import (
     TOKEN_ACCURACY,
     stage_key,
 )
-from unike_pl.metrics.results import REQUIRED_SETTINGS, read_results, write_results
+from unike_pl.metrics.results import REQUIRED_SETTINGS, GroupScores, read_results, write_results
 from unike_pl.metrics.scorers import (
     IGNORE_INDEX,
     TARGET_SCORERS,
@@ -75,6 +77,10 @@ from unike_pl.metrics.scorers import (
 )
 
 __all__ = [
+    "GroupScores",
+    "GroupedMetrics",
+    "RECORDS",
+    "add_scores",
     "RelatedAccuracy",
     "HardLocality",
     "RELATED_ACCURACY",

@@ -35,6 +35,9 @@ HARD_LOCALITY: Final = "hard_locality"
 EDIT_SECONDS: Final = "edit_seconds"
 EDIT_STEPS: Final = "edit_steps"
 
+# Logged per labelled group of records (`val/<group>/records`) beside the group's scores: its record count.
+RECORDS: Final = "records"
+
 TARGET_METRICS: Final = (RELIABILITY, T_GENERALITY, M_GENERALITY)
 LOCALITY_METRICS: Final = (T_LOCALITY, M_LOCALITY)
 GENERATION_METRICS: Final = (RELIABILITY_GEN, T_GENERALITY_GEN, M_GENERALITY_GEN)

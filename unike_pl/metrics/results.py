@@ -7,14 +7,18 @@ result file names them: `write_results` refuses settings without `target_scorer`
 Layout of `{name}.json`::
 
     {"scores": {"reliability": 98.8, ...}, "settings": {"target_scorer": "token_accuracy", ...},
-     "diagnostics": {"gate_alpha": {"edit": {"5": 0.81, ..., "mean": 0.8}, ...}}}   (diagnostics optional)
+     "diagnostics": {"gate_alpha": {"edit": {"5": 0.81, ..., "mean": 0.8}, ...}},   (optional)
+     "scores_by_group": {"seen-rule": {"reliability": 99.1, ...}, ...},            (data with groups)
+     "records_by_group": {"seen-rule": 150, ...}}                                  (data with groups)
 
-Layout of `{name}.csv` (readable with the `csv` module)::
+Layout of `{name}.csv` (readable with the `csv` module); on data with groups, one more column per group
+and a `records` row with each group's record count::
 
-    metric,value
-    reliability,98.8
+    metric,value[,seen-rule,unseen-rule]
+    reliability,98.8[,99.1,98.5]
     ...
-    setting:target_scorer,token_accuracy
+    [records,,150,150]
+    setting:target_scorer,token_accuracy[,,]
     ...
 
 Score keys are metric keys from `names.py`, optionally with a stage prefix (`test/reliability`). Setting
@@ -28,17 +32,28 @@ import io
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from unike_pl.io import atomic_write_json, atomic_write_text
-from unike_pl.metrics.names import ALL_METRICS
+from unike_pl.metrics.names import ALL_METRICS, RECORDS
 
 REQUIRED_SETTINGS = ("target_scorer", "locality_scorer", "prompt_template")
 """Settings every result file must record."""
 
 SETTING_PREFIX = "setting:"
 """Prefix of the settings rows in the CSV file."""
+
+
+@dataclass(frozen=True)
+class GroupScores:
+    """The scores of each labelled group of records, keyed like the run's scores, and its record count."""
+
+    scores: Mapping[str, Mapping[str, float]]
+    """{group: {score key: score ×100}}."""
+    records: Mapping[str, int]
+    """{group: how many of its records were scored}."""
 
 
 def _check_score_key(key: str) -> None:
@@ -67,6 +82,7 @@ def write_results(
     scores: Mapping[str, float],
     settings: Mapping[str, object],
     diagnostics: Mapping[str, object] | None = None,
+    groups: GroupScores | None = None,
 ) -> tuple[Path, Path]:
     """Write `{name}.json` and `{name}.csv` into `directory` atomically; return (json path, csv path).
 
@@ -78,6 +94,8 @@ def write_results(
             prompt_template.
         diagnostics: JSON-serialisable measurements of the method beside its scores (the gate's mean α
             per case and layer), written to the JSON only, under "diagnostics".
+        groups: the scores of each group of records (data whose records carry a `group`), written after
+            the scores of all records.
     """
     if not name or Path(name).name != name or name in (".", ".."):
         raise ValueError(f"result name must be a plain file stem, got {name!r}")
@@ -92,6 +110,7 @@ def write_results(
         clean_scores[key] = _score_value(key, value)
     if not clean_scores:
         raise ValueError(f"result {name!r}: no scores to write")
+    by_group, records = _clean_groups(name, groups, clean_scores) if groups else ({}, {})
     clean_settings = dict(settings)
     for key, value in clean_settings.items():
         try:
@@ -107,18 +126,49 @@ def write_results(
     document: dict[str, Any] = {"scores": clean_scores, "settings": clean_settings}
     if diagnostics:
         document["diagnostics"] = json.loads(json.dumps(dict(diagnostics), allow_nan=False))
+    if by_group:
+        document["scores_by_group"], document["records_by_group"] = by_group, records
     atomic_write_json(json_path, document)
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["metric", "value"])
-    writer.writerows([key, repr(value)] for key, value in clean_scores.items())
+    writer.writerow(["metric", "value", *by_group])
     writer.writerows(
-        [f"{SETTING_PREFIX}{key}", value if isinstance(value, str) else json.dumps(value)]
+        [key, repr(value), *(repr(group[key]) if key in group else "" for group in by_group.values())]
+        for key, value in clean_scores.items()
+    )
+    if by_group:
+        writer.writerow([RECORDS, "", *records.values()])
+    padding = [""] * len(by_group)  # a setting has no per-group value
+    writer.writerows(
+        [f"{SETTING_PREFIX}{key}", value if isinstance(value, str) else json.dumps(value), *padding]
         for key, value in clean_settings.items()
     )
     atomic_write_text(csv_path, buffer.getvalue())
     return json_path, csv_path
+
+
+def _clean_groups(
+    name: str, groups: GroupScores, scores: Mapping[str, float]
+) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """Group scores checked like the scores of all records, every key among those; positive counts."""
+    if set(groups.scores) != set(groups.records):
+        raise ValueError(
+            f"result {name!r}: groups with scores {sorted(groups.scores)} differ from groups with record "
+            f"counts {sorted(groups.records)}"
+        )
+    by_group = {}
+    for group, group_scores in groups.scores.items():
+        extra = sorted(set(group_scores) - set(scores))
+        if extra:
+            raise ValueError(f"result {name!r}: group {group!r} has scores {extra} that all records lack")
+        by_group[group] = {key: _score_value(f"{group}/{key}", value) for key, value in group_scores.items()}
+    records = {}
+    for group, count in groups.records.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"result {name!r}: group {group!r} has a record count of {count!r}")
+        records[group] = count
+    return by_group, records
 
 
 def read_results(path_json: str | Path) -> dict[str, Any]:

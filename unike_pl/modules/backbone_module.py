@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
-from torchmetrics import MetricCollection
 
 from unike_pl.backbones.loader import Backbone, BackboneConfig, load_backbone
+from unike_pl.metrics.groups import GroupedMetrics
 
 BACKBONE_PREFIX = "backbone."
 
@@ -51,9 +52,18 @@ class BackboneModule(L.LightningModule):
         }
 
 
-def log_scored(module: L.LightningModule, metrics: MetricCollection, batch_size: int) -> None:
-    """Log the metrics of a collection that have been updated: the neighbour metrics exist only for data
-    with neighbours (the embedded world), and a metric never updated cannot be computed."""
-    for key, metric in metrics.items():
-        if metric.update_count:
-            module.log(key, metric, batch_size=batch_size)
+def set_record_groups(module: L.LightningModule, metrics: Iterable[GroupedMetrics]) -> None:
+    """Give per-group metrics the labelled groups of the records the run scores: those of the whole eval
+    split (the datamodule's `eval_groups`, none for data without groups), so that every process holds
+    the same metric objects."""
+    eval_groups = getattr(module.trainer.datamodule, "eval_groups", None)
+    groups = eval_groups() if callable(eval_groups) else ()
+    if any([grouped.set_groups(groups) for grouped in metrics]):
+        # Lightning looks up each logged metric's attribute once and caches it; these metrics are new.
+        module._metric_attributes = None
+
+
+def log_metrics(module: L.LightningModule, metrics: GroupedMetrics, batch_size: int) -> None:
+    """Log the metrics of all records and of each group (`GroupedMetrics.logged`)."""
+    for name, metric in metrics.logged():
+        module.log(name, metric, batch_size=batch_size)

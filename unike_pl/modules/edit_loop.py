@@ -21,17 +21,18 @@ from unike_pl.editing.store import EditResultStore, as_tensors
 from unike_pl.metrics import names
 from unike_pl.metrics.editing import SampleMean, build_editing_metrics
 from unike_pl.metrics.gate import GateReadings, GateSummary, gate_readings
-from unike_pl.modules.backbone_module import BackboneModule, log_scored
+from unike_pl.metrics.groups import GroupedMetrics, add_scores
+from unike_pl.modules.backbone_module import BackboneModule, log_metrics, set_record_groups
 from unike_pl.pre_edit_cache import PreEditCache, file_digest
 from unike_pl.scoring import (
     PRE_EDIT_TOP_K,
     PreEdit,
     Scores,
     ScoringConfig,
-    add_scores,
     locality_scores_after_edit,
     neighbour_scores,
     pre_edit_predictions,
+    score_groups,
     target_scores,
 )
 
@@ -61,7 +62,7 @@ class EditingLoop(BackboneModule):
         metrics = build_editing_metrics(
             self.scoring.target_scorer, self.scoring.locality_scorer, self.scoring.generation
         )
-        self.metrics = nn.ModuleDict({stage: metrics.clone(prefix=f"{stage}/") for stage in STAGES})
+        self.metrics = nn.ModuleDict({stage: GroupedMetrics(metrics, f"{stage}/") for stage in STAGES})
         immediate = MetricCollection(
             {key: SampleMean() for key in names.TARGET_METRICS}, compute_groups=False
         )
@@ -80,6 +81,9 @@ class EditingLoop(BackboneModule):
     @abstractmethod
     def method_settings(self) -> dict[str, Any]:
         """The method's settings, recorded beside every score and checked by the per-edit store."""
+
+    def setup(self, stage: str) -> None:
+        set_record_groups(self, self.metrics.values())
 
     def _start(self) -> None:
         self.editor = self.build_editor()
@@ -146,11 +150,11 @@ class EditingLoop(BackboneModule):
 
     def _step(self, batch: dict[str, Any], stage: str) -> None:
         records = batch["record"].tolist()
-        stored = self.store.load(records) if self.store is not None else None
+        stored = self.store.load(records, batch["group"]) if self.store is not None else None
         if stored is None:
             final, immediate, reports, gate = self._edit_batch(batch)
             if self.store is not None:
-                self.store.save(records, final, reports, immediate, gate)
+                self.store.save(records, batch["group"], final, reports, immediate, gate)
         else:
             final, immediate, reports, gate = (
                 as_tensors(stored["scores"]),
@@ -159,12 +163,12 @@ class EditingLoop(BackboneModule):
                 stored.get("gate"),
             )
         self.gate.add(gate)
-        add_scores(self.metrics[stage], final)
+        self.metrics[stage].add(final, batch["group"], score_groups(batch, final))
         add_scores(self.immediate[stage], immediate)
         for report in reports:
             self.cost[stage][names.EDIT_SECONDS].update(report["seconds"])
             self.cost[stage][names.EDIT_STEPS].update(report["steps"])
-        log_scored(self, self.metrics[stage], len(records))
+        log_metrics(self, self.metrics[stage], len(records))
         if immediate:
             self.log_dict(self.immediate[stage], batch_size=len(records))
         for key, metric in self.cost[stage].items():

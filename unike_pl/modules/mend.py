@@ -23,9 +23,10 @@ from unike_pl.editing.tail import TailRunner
 from unike_pl.losses import answer_loss, kl_to_reference
 from unike_pl.metrics import names
 from unike_pl.metrics.editing import SampleMean
+from unike_pl.metrics.groups import add_scores
 from unike_pl.metrics.scorers import locality_scores, target_scorer, top_k_predictions
 from unike_pl.modules.edit_loop import TrainedEditingLoop, weights_fingerprint
-from unike_pl.scoring import PRE_EDIT_TOP_K, ScoringConfig, add_scores
+from unike_pl.scoring import PRE_EDIT_TOP_K, ScoringConfig
 
 
 class MENDModule(TrainedEditingLoop):

@@ -10,8 +10,15 @@ from torchmetrics import MetricCollection
 from unike_pl.backbones.loader import BackboneConfig
 from unike_pl.metrics import names
 from unike_pl.metrics.editing import GenerationAccuracy, RelatedAccuracy, TargetScore
-from unike_pl.modules.backbone_module import BackboneModule, log_scored
-from unike_pl.scoring import ScoringConfig, add_scores, locality_answer_scores, related_scores, target_scores
+from unike_pl.metrics.groups import GroupedMetrics
+from unike_pl.modules.backbone_module import BackboneModule, log_metrics, set_record_groups
+from unike_pl.scoring import (
+    ScoringConfig,
+    locality_answer_scores,
+    related_scores,
+    score_groups,
+    target_scores,
+)
 
 STAGES = ("val", "test")
 
@@ -47,15 +54,20 @@ class PreEditEvaluation(BackboneModule):
         self.save_hyperparameters()
         self.scoring = scoring or ScoringConfig()
         self.metrics = nn.ModuleDict(
-            {stage: pre_edit_metrics(self.scoring).clone(prefix=f"{stage}/") for stage in STAGES}
+            {stage: GroupedMetrics(pre_edit_metrics(self.scoring), f"{stage}/") for stage in STAGES}
         )
 
+    def setup(self, stage: str) -> None:
+        set_record_groups(self, self.metrics.values())
+
     def _score(self, batch: dict[str, Any], stage: str) -> None:
-        metrics = self.metrics[stage]
-        add_scores(metrics, target_scores(self.mllm, batch, self.scoring))
-        add_scores(metrics, locality_answer_scores(self.mllm, batch, self.scoring))
-        add_scores(metrics, related_scores(self.mllm, batch, self.scoring))
-        log_scored(self, metrics, len(batch["record"]))
+        scores = {
+            **target_scores(self.mllm, batch, self.scoring),
+            **locality_answer_scores(self.mllm, batch, self.scoring),
+            **related_scores(self.mllm, batch, self.scoring),
+        }
+        self.metrics[stage].add(scores, batch["group"], score_groups(batch, scores))
+        log_metrics(self, self.metrics[stage], len(batch["record"]))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._score(batch, "val")
