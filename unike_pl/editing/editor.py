@@ -3,7 +3,8 @@
 Method variants are configurations of one editor:
     T-Patcher             intrinsic=IntrinsicConfig(neurons=1, layers=1, beta=0), nothing else
     intrinsic only        intrinsic=IntrinsicConfig(beta=0), latent=None
-    IKE                   in-context knowledge (demonstrations + the new fact in the prompt) only
+    IKE                   in-context knowledge only: k demonstrations retrieved once per edit by its new
+                          fact, and the fact, written before every input (`unike_pl.editing.context`)
     latent IKE only       intrinsic=None, latent=LatentConfig(alpha=<fixed>)
     intrinsic + IKE       intrinsic=IntrinsicConfig(beta=0) and in-context knowledge
     both, no collaboration intrinsic=IntrinsicConfig(beta=0), latent=LatentConfig(alpha=<fixed>)

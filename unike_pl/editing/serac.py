@@ -2,7 +2,7 @@
 
 Edits are kept in an explicit memory; the base model never changes. For every input a trained scope
 classifier scores each stored edit; when the best score passes the threshold, a trained counterfactual model
-answers with that edit written before the prompt (IKE's format, see `unike_pl.editing.context`):
+answers with that edit written before the prompt (IKE's prompt prefix, `unike_pl.ike_format`):
 
     New Fact: {edit prompt} {edit target}\\nPrompt: {the input's prompt}
 
@@ -34,8 +34,9 @@ from torch import nn
 from unike_pl.backbones.encoding import EXAMPLES, IGNORE_INDEX, Example
 from unike_pl.backbones.loader import Backbone, BackboneConfig, load_backbone
 from unike_pl.editing.base import AnsweringModel, Editor, EditReport
-from unike_pl.editing.context import ContextView, end_aligned, fact_text
+from unike_pl.editing.context import Context, ContextView, end_aligned
 from unike_pl.editing.routing import EditRouter, RoutedAnswers, SelectedRows
+from unike_pl.ike_format import prompt_prefix
 from unike_pl.knowledge.states import prompt_states
 from unike_pl.losses import answer_loss, kl_to_reference
 from unike_pl.metrics import names
@@ -150,18 +151,19 @@ def load_counterfactual(backbone: Backbone, base: BackboneConfig, config: Counte
 
 
 class EditFact:
-    """One stored edit as the knowledge of a `ContextView`: its fact written before every prompt."""
+    """One stored edit as the knowledge of a `ContextView`: its fact written before every prompt (no
+    demonstrations: the counterfactual model is trained to read the fact alone)."""
 
     def __init__(self, edit: Example) -> None:
-        self.prefix = fact_text(edit.prompt, edit.target) + "Prompt: "
+        self.context = Context(edit.prompt, (), prompt_prefix(edit.prompt, edit.target))
 
-    def contexts(self, prompts: Sequence[str]) -> list[list[str]]:
-        return [[self.prefix] for _ in prompts]
+    def contexts(self, prompts: Sequence[str]) -> list[Context | None]:
+        return [self.context] * len(prompts)
 
 
 def with_fact(example: Example, edit: Example) -> Example:
     """`example` with `edit`'s fact written before its prompt (what the counterfactual model reads)."""
-    return replace(example, prompt=EditFact(edit).prefix + example.prompt)
+    return replace(example, prompt=prompt_prefix(edit.prompt, edit.target) + example.prompt)
 
 
 # --- the editor --------------------------------------------------------------------------------------

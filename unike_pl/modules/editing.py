@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from unike_pl.backbones.loader import BackboneConfig
-from unike_pl.editing.context import ContextConfig, InContextKnowledge, SentenceEncoder, demonstration_texts
+from unike_pl.editing.context import ContextConfig, build_knowledge
 from unike_pl.editing.editor import IntrinsicConfig, UniKEEditor
 from unike_pl.editing.latent import FixedGate, KnowledgeInjection, LatentConfig, LayerKnowledge, SemanticGate
 from unike_pl.editing.unrelated import UnrelatedInputs
@@ -50,7 +50,8 @@ class EditingModule(EditingLoop):
                 `edited_layers` are the layers every edit touches.
             intrinsic: extra FFN neurons per edit; None turns intrinsic editing off.
             latent: knowledge injected into self-attention; None turns it off.
-            in_context: vanilla IKE, demonstrations and the new fact written in the prompt; None: off.
+            in_context: vanilla IKE: k training demonstrations, retrieved once per edit by its new fact,
+                and the new fact written before every input of the edit; None: off.
             encoder_dim: size of the encoders' spaces (as in the DisentangleModule checkpoint).
             scoring: scorer settings (METHOD.md §3).
             edits_dir: folder of per-edit results; a rerun reads finished edits back. None keeps nothing.
@@ -109,10 +110,7 @@ class EditingModule(EditingLoop):
                 "this method uses the trained encoders (β·ζ' or α from Enc_Sem): pass a DisentangleModule "
                 "checkpoint with --ckpt_path (train one with `fit --config configs/disentangle.yaml`)"
             )
-        in_context = None
-        if self.in_context is not None:
-            encoder = SentenceEncoder(self.in_context.sentence_encoder, self.in_context.local_files_only)
-            in_context = InContextKnowledge(self.in_context, encoder, demonstration_texts(self.in_context))
+        in_context = build_knowledge(self.in_context) if self.in_context is not None else None
         layers, neuron_layers = self.edited_layers()
         if self.intrinsic is None and self.latent is None:  # in-context knowledge needs no memory
             return UniKEEditor(self.mllm, layers, None, None, None, None, in_context=in_context)
