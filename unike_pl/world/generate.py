@@ -68,6 +68,8 @@ class Scale:
     """share of pretraining scenes drawn from a confusion rule's sub-population"""
     context_examples_per_scene: int = 1
     """context-reading examples (IKE's format) per pretraining scene, besides its questions"""
+    max_demonstrations: int = 3
+    """most demonstrations before a context example's new fact (3 fit 256 positions with captions)"""
 
 
 SCALES: dict[str, Scale] = {
@@ -88,6 +90,7 @@ SCALES: dict[str, Scale] = {
         caption_train=15,
         caption_eval=10,
         countries=8,
+        max_demonstrations=1,
     ),
 }
 # (split, task) of the edit files, in the order they are generated.
@@ -256,6 +259,7 @@ def _write_world(
         confused_scene_rate=scale.confused_scene_rate,
         questions_per_scene=scale.questions_per_scene,
         context_examples_per_scene=scale.context_examples_per_scene,
+        max_demonstrations=scale.max_demonstrations,
         text_locality=tuple((q["loc"], q["loc_ans"]) for q in questions),
     )
     n_items = sum(getattr(scale, split) for split in PRETRAIN_SPLITS) + sum(

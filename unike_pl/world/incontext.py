@@ -9,9 +9,9 @@ exact text the IKE baseline writes (`unike_pl.editing.ike_format`):
 - `context_retain`: the fact is about another attribute or is an unrelated text fact: the answer is the
   model's own (the perceived label), as if there were no context.
 
-Zero to `MAX_DEMONSTRATIONS` demonstrations (copy, update and retain examples about other, imagined
-scenes, built the same way) come first. Text-only retain examples (an image fact before a factual
-question) teach that a fact about a picture leaves text knowledge alone.
+Zero to `max_demonstrations` (a scale setting) demonstrations come first: copy, update and retain
+examples about other, imagined scenes, built the same way. Text-only retain examples (an image fact
+before a factual question) teach that a fact about a picture leaves text knowledge alone.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from unike_pl.world.scenes import NONE, VOCABULARY, Scene, sample_scene
 UPDATE, COPY, RETAIN = "context_update", "context_copy", "context_retain"
 CONTEXT_KINDS: tuple[str, ...] = (UPDATE, COPY, RETAIN)
 _KIND_WEIGHTS = np.array([0.45, 0.2, 0.35])
-# Demonstrations before the new fact: 0..MAX_DEMONSTRATIONS, uniform (fits 256 positions with captions).
-MAX_DEMONSTRATIONS = 3
 # Share of context examples that ask for the caption instead of an attribute.
 CAPTION_SHARE = 0.12
 # Share of retain examples whose fact is an unrelated text fact (else: another attribute of the picture).
@@ -98,12 +96,17 @@ def _demonstration(facts: tuple[Fact, ...], rng: np.random.Generator) -> str:
     return demonstration(fact_prompt, fact_target, unrelated.question, unrelated.answer)
 
 
-def _demonstrations(facts: tuple[Fact, ...], rng: np.random.Generator) -> str:
-    return "".join(_demonstration(facts, rng) for _ in range(int(rng.integers(MAX_DEMONSTRATIONS + 1))))
+def _demonstrations(facts: tuple[Fact, ...], most: int, rng: np.random.Generator) -> str:
+    """0 to `most` demonstrations, uniform."""
+    return "".join(_demonstration(facts, rng) for _ in range(int(rng.integers(most + 1))))
 
 
 def context_example(
-    scene: Scene, rule: ConfusionRule | None, facts: tuple[Fact, ...], rng: np.random.Generator
+    scene: Scene,
+    rule: ConfusionRule | None,
+    facts: tuple[Fact, ...],
+    max_demonstrations: int,
+    rng: np.random.Generator,
 ) -> dict[str, Any]:
     """One context-reading example about `scene` (the image and scene fields are the caller's)."""
     seen = perceive(scene)
@@ -135,7 +138,9 @@ def context_example(
         fact_target = _answer(other, seen) if rng.random() < 0.5 else _counterfactual(other, seen, rng)
         answer, about = own, "other"
     return {
-        "question": _demonstrations(facts, rng) + query_prefix(fact_prompt, fact_target) + question,
+        "question": _demonstrations(facts, max_demonstrations, rng)
+        + query_prefix(fact_prompt, fact_target)
+        + question,
         "answer": answer,
         "kind": kind,
         "attribute": attribute,
@@ -145,7 +150,9 @@ def context_example(
     }
 
 
-def text_context_example(fact: Fact, facts: tuple[Fact, ...], rng: np.random.Generator) -> dict[str, Any]:
+def text_context_example(
+    fact: Fact, facts: tuple[Fact, ...], max_demonstrations: int, rng: np.random.Generator
+) -> dict[str, Any]:
     """A factual question after a fact about some picture: the answer is the memorised one."""
     scene = sample_scene(rng)
     attribute = CAPTION if rng.random() < CAPTION_SHARE else _pick(scene.asked_attributes(), rng)
@@ -153,7 +160,9 @@ def text_context_example(fact: Fact, facts: tuple[Fact, ...], rng: np.random.Gen
     fact_prompt = _prompt(attribute, scene, rng)
     return {
         "image": None,
-        "question": _demonstrations(facts, rng) + query_prefix(fact_prompt, fact_target) + fact.question,
+        "question": _demonstrations(facts, max_demonstrations, rng)
+        + query_prefix(fact_prompt, fact_target)
+        + fact.question,
         "answer": fact.answer,
         "kind": RETAIN,
         "attribute": None,

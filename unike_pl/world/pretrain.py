@@ -28,7 +28,7 @@ from unike_pl.world.scenes import NONE, VOCABULARY, Scene
 from unike_pl.world.seeding import Stream, stream
 
 # Sampling weight of each (kind, attribute) task: yes/no checks as common as plain questions.
-_WEIGHTS: dict[str, float] = {"vqa": 1.0, "caption": 0.8, "verify": 1.0, "compose": 0.7}
+_WEIGHTS: dict[str, float] = {"vqa": 1.0, "caption": 2.0, "verify": 1.0, "compose": 0.7}
 
 
 def _tasks(scene: Scene) -> list[tuple[str, str | None]]:
@@ -136,7 +136,7 @@ def build_pretrain_scene(
         )
     context_rng = stream(context.seed, split, index, Stream.CONTEXT)
     for _ in range(context.context_examples_per_scene):
-        example = context_example(scene, rule, context.facts, context_rng)
+        example = context_example(scene, rule, context.facts, context.max_demonstrations, context_rng)
         examples.append({"image": relative, **example, "scene": scene.to_dict()})
     return examples, [image]
 
@@ -158,7 +158,12 @@ def text_examples(context: WorldContext, split: str) -> list[dict[str, Any]]:
         for fact in context.facts
     ]
     contextual = [
-        text_context_example(fact, context.facts, stream(context.seed, split, index, Stream.TEXT_CONTEXT))
+        text_context_example(
+            fact,
+            context.facts,
+            context.max_demonstrations,
+            stream(context.seed, split, index, Stream.TEXT_CONTEXT),
+        )
         for index, fact in enumerate(context.facts)
     ]
     return plain + contextual
