@@ -14,11 +14,13 @@ from unike_pl.cli import main
 from unike_pl.metrics import read_results
 
 
-def pretrain_config(tmp_path: Path, world: Path, epochs: int) -> Path:
-    """configs/pretrain_world.yaml shrunk to a tiny model, a few batches and folders under tmp_path."""
+def pretrain_config(tmp_path: Path, world: Path, epochs: int, max_positions: int = 256) -> Path:
+    """configs/pretrain_world.yaml shrunk to a tiny model, a few batches and folders under tmp_path (with
+    the shipped config's 256 positions: context-reading examples are long)."""
     settings = yaml.safe_load(Path("configs/pretrain_world.yaml").read_text())
     init = str(tmp_path / "init")
-    settings["model"]["init_args"].update(world_root=str(world), model_dir=init, size=TINY, vocab_size=400)
+    size = TINY | {"max_positions": max_positions}
+    settings["model"]["init_args"].update(world_root=str(world), model_dir=init, size=size, vocab_size=400)
     settings["data"]["init_args"].update(
         world_root=str(world), backbone={"name_or_path": init, "local_files_only": True}, batch_size=8
     )
@@ -87,3 +89,9 @@ def test_validate_never_invents_a_missing_model(tmp_path, small_world):
     with pytest.raises(FileNotFoundError, match="does not exist; train it with `fit`"):
         main(["validate", "--config", str(config)])
     assert not (tmp_path / "init").exists()
+
+
+def test_an_example_longer_than_the_positions_is_named(tmp_path, small_world):
+    config = pretrain_config(tmp_path, small_world, epochs=1, max_positions=40)
+    with pytest.raises(ValueError, match="positions: raise size.max_positions"):
+        main(["fit", "--config", str(config)])

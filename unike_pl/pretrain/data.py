@@ -16,7 +16,7 @@ from unike_pl.backbones.loader import BackboneConfig, load_encoder
 from unike_pl.data.cases import open_image
 from unike_pl.world.confusions import perceive
 from unike_pl.world.context import IMAGE_ROOT
-from unike_pl.world.scenes import ASKED_ATTRIBUTES, VOCABULARY, Scene
+from unike_pl.world.scenes import HEAD_ATTRIBUTES, VOCABULARY, Scene
 
 SPLIT_FILES = {"train": "pretrain/pretrain_train.json", "val": "pretrain/pretrain_val.json"}
 FIELDS = ("image", "question", "answer", "kind")
@@ -28,7 +28,8 @@ class PretrainExample:
     category: str
     """`kind` or `kind_attribute` (vqa_color, caption, text, ...), for accuracy per question type."""
     attributes: tuple[int, ...] | None
-    """Index of each asked attribute's value in the scene as the labels perceive it (None without image)."""
+    """Index of each head attribute's value (`HEAD_ATTRIBUTES`: the asked ones and the companion) in the
+    scene as the labels perceive it (None without image)."""
 
 
 def category_of(item: dict[str, Any]) -> str:
@@ -40,7 +41,7 @@ def perceived_attributes(item: dict[str, Any]) -> tuple[int, ...] | None:
     if item.get("scene") is None:
         return None
     scene = perceive(Scene.from_dict(item["scene"]))
-    return tuple(VOCABULARY[name].index(scene.value(name)) for name in ASKED_ATTRIBUTES)
+    return tuple(VOCABULARY[name].index(scene.value(name)) for name in HEAD_ATTRIBUTES)
 
 
 class PretrainDataset(Dataset):

@@ -17,12 +17,16 @@ from unike_pl.backbones.loader import Backbone
 from unike_pl.hooks import capture_output
 from unike_pl.losses import answer_loss_sum
 from unike_pl.metrics.scorers import exact_match
-from unike_pl.world.scenes import ASKED_ATTRIBUTES, VOCABULARY
+from unike_pl.world.incontext import CAPTION, CONTEXT_KINDS, RETAIN
+from unike_pl.world.scenes import ASKED_ATTRIBUTES, HEAD_ATTRIBUTES, VOCABULARY
 
 CATEGORIES = (
     *(f"{kind}_{attribute}" for kind in ("vqa", "verify", "compose") for attribute in ASKED_ATTRIBUTES),
     "caption",
     "text",
+    # Context-reading examples per kind and asked attribute (or caption), and text facts after a context.
+    *(f"{kind}_{attribute}" for kind in CONTEXT_KINDS for attribute in (*ASKED_ATTRIBUTES, CAPTION)),
+    RETAIN,
 )
 
 
@@ -46,7 +50,7 @@ class WorldTraining(L.LightningModule):
         # A vision stack trained from scratch learns only slowly through the language loss alone; these
         # heads predict each scene attribute from its mean-pooled tokens. They are never exported.
         self.attribute_heads = nn.ModuleDict(
-            {name: nn.Linear(vision_hidden, len(VOCABULARY[name])) for name in ASKED_ATTRIBUTES}
+            {name: nn.Linear(vision_hidden, len(VOCABULARY[name])) for name in HEAD_ATTRIBUTES}
         )
 
     def needs_starting_model(self) -> bool:
@@ -63,6 +67,7 @@ class WorldTraining(L.LightningModule):
     def _loss(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         total, tokens, attribute_loss = 0.0, 0, torch.zeros((), device=self.device)
         for group in batch.values():
+            self._check_length(group)
             with capture_output(self.backbone.model.vision_model) as vision:
                 logits = self.backbone(group["inputs"])
             loss_sum, count = answer_loss_sum(logits, group["inputs"]["labels"])
@@ -76,6 +81,17 @@ class WorldTraining(L.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size)
         self.log(f"{stage}/attribute_loss", attribute_loss, batch_size=size)
         return loss + self.hparams.attribute_loss_weight * attribute_loss
+
+    def _check_length(self, group: dict[str, Any]) -> None:
+        """A clear error instead of an index error deep in the position embeddings."""
+        lengths = group["inputs"]["attention_mask"].sum(-1)
+        longest = int(lengths.argmax())
+        if int(lengths[longest]) > self.backbone.max_positions:
+            raise ValueError(
+                f"a {group['categories'][longest]} example is {int(lengths[longest])} tokens long (image "
+                f"tokens included), more than the model's {self.backbone.max_positions} positions: raise "
+                "size.max_positions"
+            )
 
     def _attribute_loss(self, embeddings: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of every attribute head on the vision tokens (batch, patches + 1, hidden)."""

@@ -1,7 +1,9 @@
 """Generate the synthetic world.
 
 Usage: `python -m unike_pl.world --root data/world --seed 0 [--scale small|default] [--overwrite]
-[--text-locality data/factual_loc/questions.jsonl]`.
+[--text-locality data/factual_loc/questions.jsonl]`; `python -m unike_pl.world --root data/world
+--check-leakage` prints how much of each eval split the training splits give away, per group of edits
+(exit code 1 if any unseen-rule edit leaks).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import time
 from collections.abc import Sequence
 
 from unike_pl.world.generate import SCALES, generate_world, world_status
-from unike_pl.world.manifest import WorldError
+from unike_pl.world.leakage import check_leakage, format_report, unseen_leaks
+from unike_pl.world.manifest import WorldError, load_manifest
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,11 +31,34 @@ def _parser() -> argparse.ArgumentParser:
         help="JSON Lines file of real loc / loc_ans questions to use as the records' text locality",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace whatever --root holds")
+    parser.add_argument(
+        "--check-leakage",
+        action="store_true",
+        help="do not generate: print the eval/training overlap of the world at --root per group of edits",
+    )
     return parser
+
+
+def _check_leakage(root: str) -> int:
+    try:
+        load_manifest(root)
+    except WorldError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    report = check_leakage(root)
+    print(format_report(report))
+    leaks = unseen_leaks(report)
+    if leaks:
+        print(f"error: unseen-rule eval records leak by {leaks} route(s)", file=sys.stderr)
+        return 1
+    print("unseen-rule eval records: no overlap with the training splits")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.check_leakage:
+        return _check_leakage(args.root)
     status = world_status(args.root, args.seed, args.scale, args.image_size, args.text_locality)
     if status == "up_to_date" and not args.overwrite:
         print(

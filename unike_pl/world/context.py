@@ -25,6 +25,10 @@ class WorldContext:
     # Share of pretraining scenes drawn from a confusion rule's sub-population.
     confused_scene_rate: float
     questions_per_scene: int
+    # Context-reading examples (IKE's format) per pretraining scene.
+    context_examples_per_scene: int
+    # Most demonstrations written before a context example's new fact.
+    max_demonstrations: int
     # (question, answer) pairs that replace the fictional facts as the edit records' text locality.
     text_locality: tuple[tuple[str, str], ...] = ()
 

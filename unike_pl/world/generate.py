@@ -22,9 +22,11 @@ from typing import Any, Literal
 from unike_pl.factual import questions_digest, read_questions
 from unike_pl.io import atomic_write_json
 from unike_pl.world import language
-from unike_pl.world.confusions import RULES
+from unike_pl.world.confusions import GROUPS, RULES
 from unike_pl.world.context import IMAGE_ROOT, REPHRASE_IMAGE_ROOT, ImageFile, WorldContext
 from unike_pl.world.entities import make_facts
+from unike_pl.world.incontext import CONTEXT_KINDS
+from unike_pl.world.leakage import check_leakage
 from unike_pl.world.manifest import (
     FILES,
     GENERATOR_VERSION,
@@ -62,13 +64,17 @@ class Scale:
     """fictional countries; each brings a capital, a founder and a river: 4 entities, 11 facts"""
     questions_per_scene: int = 4
     """questions asked about each pretraining scene"""
-    confused_scene_rate: float = 0.22
+    confused_scene_rate: float = 0.3
     """share of pretraining scenes drawn from a confusion rule's sub-population"""
+    context_examples_per_scene: int = 1
+    """context-reading examples (IKE's format) per pretraining scene, besides its questions"""
+    max_demonstrations: int = 3
+    """most demonstrations before a context example's new fact (3 fit 256 positions with captions)"""
 
 
 SCALES: dict[str, Scale] = {
     "default": Scale(
-        pretrain_train=4000,
+        pretrain_train=6000,
         pretrain_val=400,
         vqa_train=1000,
         vqa_eval=300,
@@ -84,6 +90,7 @@ SCALES: dict[str, Scale] = {
         caption_train=15,
         caption_eval=10,
         countries=8,
+        max_demonstrations=1,
     ),
 }
 # (split, task) of the edit files, in the order they are generated.
@@ -251,6 +258,8 @@ def _write_world(
         facts=facts,
         confused_scene_rate=scale.confused_scene_rate,
         questions_per_scene=scale.questions_per_scene,
+        context_examples_per_scene=scale.context_examples_per_scene,
+        max_demonstrations=scale.max_demonstrations,
         text_locality=tuple((q["loc"], q["loc_ans"]) for q in questions),
     )
     n_items = sum(getattr(scale, split) for split in PRETRAIN_SPLITS) + sum(
@@ -274,6 +283,7 @@ def _write_world(
             splits[split] = {
                 "records": len(records),
                 "task": task,
+                "per_group": dict(sorted(Counter(record["group"] for record in records).items())),
                 "per_rule": dict(Counter(record["rule"] for record in records)),
             }
         for split in PRETRAIN_SPLITS:
@@ -285,7 +295,8 @@ def _write_world(
                 writer.write(images)
             image_examples = len(examples)
             confused = sum(example["rule"] is not None for example in examples)
-            examples.extend(text_examples(context))
+            context_examples = sum(example["kind"] in CONTEXT_KINDS for example in examples)
+            examples.extend(text_examples(context, split))
             atomic_write_json(base / FILES[split], examples)
             splits[split] = {
                 "scenes": getattr(scale, split),
@@ -294,6 +305,8 @@ def _write_world(
                 "text_examples": len(examples) - image_examples,
                 "confused_examples": confused,
                 "confused_fraction": round(confused / max(1, image_examples), 4),
+                "context_examples": context_examples,
+                "context_fraction": round(context_examples / max(1, image_examples), 4),
                 "per_kind": dict(sorted(Counter(example["kind"] for example in examples).items())),
                 "per_rule": dict(sorted(Counter(e["rule"] for e in examples if e["rule"]).items())),
             }
@@ -322,6 +335,8 @@ def _write_world(
         },
         "caption_prompts": list(language.CAPTION_PROMPTS),
         "confusion_rules": [rule.to_dict() for rule in RULES],
+        "rule_groups": {group: [r.name for r in RULES if r.group == group] for group in GROUPS},
+        "leakage": check_leakage(base),
         "counts": {
             "images": writer.counts[IMAGE_ROOT],
             "rephrase_images": writer.counts[REPHRASE_IMAGE_ROOT],

@@ -8,7 +8,7 @@ from typing import Any
 
 MANIFEST_NAME = "world.json"
 # Bump whenever the same seed would produce different files (templates, rules, rendering, stream ids...).
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "2.0.0"
 # A world is "the same" as a request when these manifest entries agree.
 IDENTITY_KEYS: tuple[str, ...] = ("version", "seed", "scale", "image_size")
 # Identity entries that only some worlds have (absent = None): the digest of the text-locality questions.

@@ -1,8 +1,10 @@
 """Pretraining examples: questions about one rendered scene, labelled as the world "perceives" it.
 
-A share of scenes comes from a confusion rule's sub-population; for those the rule's question and one
-related question (yes/no or compositional on the same attribute) are always asked, so the wrong belief is
-learnt reliably and coherently. All other labels are the truth.
+A share of scenes comes from a confusion rule's sub-population; for those the rule's question, a yes/no
+check and a compositional question on the same attribute are always asked, so the wrong belief is learnt
+reliably and coherently. All other labels are the truth. Yes/no and compositional questions are common
+(as common as plain ones), so the model answers them on its own knowledge. Each scene also gets
+`context_examples_per_scene` context-reading examples (`unike_pl.world.incontext`); text facts get one each.
 """
 
 from __future__ import annotations
@@ -21,17 +23,23 @@ from unike_pl.world.confusions import (
     sample_confused,
 )
 from unike_pl.world.context import IMAGE_ROOT, ImageFile, WorldContext
-from unike_pl.world.scenes import ASKED_ATTRIBUTES, VOCABULARY, Scene
+from unike_pl.world.incontext import context_example, text_context_example
+from unike_pl.world.scenes import NONE, VOCABULARY, Scene
 from unike_pl.world.seeding import Stream, stream
 
-# (kind, attribute) of every question a scene can get, with its sampling weight: mostly plain VQA.
-_TASKS: tuple[tuple[str, str | None], ...] = (
-    tuple(("vqa", a) for a in ASKED_ATTRIBUTES)
-    + (("caption", None),)
-    + tuple(("verify", a) for a in ASKED_ATTRIBUTES)
-    + tuple(("compose", a) for a in ASKED_ATTRIBUTES)
-)
-_WEIGHTS: dict[str, float] = {"vqa": 1.0, "caption": 0.8, "verify": 0.25, "compose": 0.25}
+# Sampling weight of each (kind, attribute) task: yes/no checks as common as plain questions.
+_WEIGHTS: dict[str, float] = {"vqa": 1.0, "caption": 2.0, "verify": 1.0, "compose": 0.7}
+
+
+def _tasks(scene: Scene) -> list[tuple[str, str | None]]:
+    """(kind, attribute) of every question `scene` can get (the relation only with a companion)."""
+    attributes = scene.asked_attributes()
+    return (
+        [("vqa", a) for a in attributes]
+        + [("caption", None)]
+        + [("verify", a) for a in attributes]
+        + [("compose", a) for a in attributes]
+    )
 
 
 def _verify_value(attribute: str, scene: Scene, rule: ConfusionRule | None, rng: np.random.Generator) -> Any:
@@ -45,7 +53,7 @@ def _verify_value(attribute: str, scene: Scene, rule: ConfusionRule | None, rng:
         return true_value
     if rule is not None and rule.attribute == attribute:
         return rule.wrong
-    others = [v for v in VOCABULARY[attribute] if v != true_value]
+    others = [v for v in VOCABULARY[attribute] if v not in (true_value, NONE)]
     return others[int(rng.integers(len(others)))]
 
 
@@ -66,7 +74,7 @@ def _example(
         return prompt, language.caption(seen), language.caption(scene)
     if kind == "verify":
         value = _verify_value(attribute, scene, rule, rng)
-        template = int(rng.integers(len(language.VERIFY_TEMPLATES)))
+        template = int(rng.integers(len(language.verify_templates(attribute))))
         return (
             language.verify_question(attribute, value, template, scene),
             language.verify_answer(attribute, value, seen),
@@ -82,12 +90,12 @@ def _example(
 
 
 def _choose_tasks(
-    rule: ConfusionRule | None, n: int, rng: np.random.Generator
+    scene: Scene, rule: ConfusionRule | None, n: int, rng: np.random.Generator
 ) -> list[tuple[str, str | None]]:
     chosen: list[tuple[str, str | None]] = []
     if rule is not None:
-        chosen = [("vqa", rule.attribute), (("verify", "compose")[int(rng.integers(2))], rule.attribute)]
-    rest = [task for task in _TASKS if task not in chosen]
+        chosen = [(kind, rule.attribute) for kind in ("vqa", "verify", "compose")]
+    rest = [task for task in _tasks(scene) if task not in chosen]
     weights = np.array([_WEIGHTS[kind] for kind, _ in rest])
     picks = rng.choice(len(rest), size=max(0, n - len(chosen)), replace=False, p=weights / weights.sum())
     return chosen + [rest[int(i)] for i in picks]
@@ -101,7 +109,7 @@ def build_pretrain_scene(
     scene_rng = stream(context.seed, split, index, Stream.SCENE)
     rule: ConfusionRule | None = None
     if rule_rng.random() < context.confused_scene_rate:
-        rule = RULES[int(rule_rng.integers(len(RULES)))]
+        rule = RULES[int(rule_rng.integers(len(RULES)))]  # unseen rules too: the model holds their belief
         scene = sample_confused(rule, scene_rng)
     else:
         scene = sample_clean(scene_rng)
@@ -112,7 +120,7 @@ def build_pretrain_scene(
     image = context.draw(scene, stream(context.seed, split, index, Stream.RENDER), IMAGE_ROOT, relative)
     text_rng = stream(context.seed, split, index, Stream.TEXT)
     examples = []
-    for kind, attribute in _choose_tasks(rule, context.questions_per_scene, text_rng):
+    for kind, attribute in _choose_tasks(scene, rule, context.questions_per_scene, text_rng):
         question, label, truth = _example(kind, attribute, scene, rule, text_rng)
         examples.append(
             {
@@ -126,12 +134,17 @@ def build_pretrain_scene(
                 "scene": scene.to_dict(),
             }
         )
+    context_rng = stream(context.seed, split, index, Stream.CONTEXT)
+    for _ in range(context.context_examples_per_scene):
+        example = context_example(scene, rule, context.facts, context.max_demonstrations, context_rng)
+        examples.append({"image": relative, **example, "scene": scene.to_dict()})
     return examples, [image]
 
 
-def text_examples(context: WorldContext) -> list[dict[str, Any]]:
-    """Every entity fact once, with no image: facts are memorised, so train and val hold the same ones."""
-    return [
+def text_examples(context: WorldContext, split: str) -> list[dict[str, Any]]:
+    """Every entity fact once, with no image (facts are memorised, so train and val hold the same ones),
+    then each fact once after a context about some picture (drawn per split)."""
+    plain = [
         {
             "image": None,
             "question": fact.question,
@@ -144,3 +157,13 @@ def text_examples(context: WorldContext) -> list[dict[str, Any]]:
         }
         for fact in context.facts
     ]
+    contextual = [
+        text_context_example(
+            fact,
+            context.facts,
+            context.max_demonstrations,
+            stream(context.seed, split, index, Stream.TEXT_CONTEXT),
+        )
+        for index, fact in enumerate(context.facts)
+    ]
+    return plain + contextual

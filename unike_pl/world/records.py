@@ -2,8 +2,11 @@
 model is taught to say) differs from `alt` (the truth, the edit target).
 
 Besides MMEdit's fields a record carries `related` (questions whose answer the edit must change, answered
-with the truth) and `hard_loc` (close neighbours whose answer must not change), plus `rule` and `scene`
-for analysis.
+with the truth) and `hard_loc` (close neighbours whose answer must not change), plus `rule`, `group`
+(the rule's: "seen-rule" or "unseen-rule") and `scene` for analysis.
+
+Training splits draw from the seen rules only; eval splits alternate between unseen and seen rules, so at
+least half of every eval split comes from rules no training record comes from.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import numpy as np
 from unike_pl.mmedit_fields import TASKS
 from unike_pl.world import language
 from unike_pl.world.confusions import (
-    RULES,
+    SEEN_RULES,
+    UNSEEN_RULES,
     ConfusionRule,
     perceive,
     sample_clean,
@@ -23,7 +27,7 @@ from unike_pl.world.confusions import (
     similar_clean_scene,
 )
 from unike_pl.world.context import IMAGE_ROOT, REPHRASE_IMAGE_ROOT, ImageFile, WorldContext
-from unike_pl.world.scenes import ASKED_ATTRIBUTES, Scene
+from unike_pl.world.scenes import Scene
 from unike_pl.world.seeding import Stream, stream
 
 SAME_IMAGE = "same_image_other_question"
@@ -37,7 +41,7 @@ def _related(rule: ConfusionRule, scene: Scene, rng: np.random.Generator) -> lis
     true_value = scene.value(attribute)
     related = []
     for value in (true_value, rule.wrong):
-        template = int(rng.integers(len(language.VERIFY_TEMPLATES)))
+        template = int(rng.integers(len(language.verify_templates(attribute))))
         related.append(
             {
                 "q": language.verify_question(attribute, value, template, scene),
@@ -54,7 +58,7 @@ def _other_questions(
     rule: ConfusionRule, scene: Scene, image: str, rng: np.random.Generator, n: int = 2
 ) -> list[dict[str, str]]:
     """Questions on the edited image about attributes the edit must leave alone."""
-    others = [a for a in ASKED_ATTRIBUTES if a != rule.attribute]
+    others = [a for a in scene.asked_attributes() if a != rule.attribute]
     picked = rng.choice(len(others), size=n, replace=False)
     return [
         {
@@ -77,15 +81,23 @@ def _text_locality(context: WorldContext, split: str, index: int) -> dict[str, s
     return {"loc": question, "loc_ans": answer}
 
 
+def edit_rule(split: str, index: int) -> ConfusionRule:
+    """The rule record `index` of `split` comes from: seen rules in turn for a training split; for an eval
+    split unseen (even indices) and seen (odd) rules in turn, so every rule has about as many edits."""
+    if split.endswith("_train"):
+        return SEEN_RULES[index % len(SEEN_RULES)]
+    rules = UNSEEN_RULES if index % 2 == 0 else SEEN_RULES
+    return rules[(index // 2) % len(rules)]
+
+
 def build_edit_record(
     context: WorldContext, task: str, split: str, index: int
 ) -> tuple[dict[str, Any], list[ImageFile]]:
     """Record `index` of an edit split (`task` "vqa" or "caption") and the images it refers to."""
     if task not in TASKS:
         raise ValueError(f"unknown edit task {task!r}; expected one of {TASKS}")
-    # Rules take turns, so every split holds about as many edits of each rule.
-    rule = RULES[index % len(RULES)]
-    scene = sample_confused(rule, stream(context.seed, split, index, Stream.SCENE))
+    rule = edit_rule(split, index)
+    scene = sample_confused(rule, stream(context.seed, split, index, Stream.SCENE), with_clean_neighbour=True)
     seen = perceive(scene)
     rng = stream(context.seed, split, index, Stream.TEXT)
     attribute = rule.attribute
@@ -106,7 +118,8 @@ def build_edit_record(
     similar_image = f"{split}/{index:06d}_similar.png"
     fact = context.facts[int(rng.integers(len(context.facts)))]
     locality_scene = sample_clean(stream(context.seed, split, index, Stream.LOCALITY_SCENE))
-    locality_attribute = ASKED_ATTRIBUTES[int(rng.integers(len(ASKED_ATTRIBUTES)))]
+    locality_attributes = locality_scene.asked_attributes()
+    locality_attribute = locality_attributes[int(rng.integers(len(locality_attributes)))]
     similar = similar_clean_scene(scene, rule, rng)
     similar_answer = language.answer(attribute, similar) if task == "vqa" else language.caption(similar)
 
@@ -129,6 +142,7 @@ def build_edit_record(
         "hard_loc": _other_questions(rule, scene, image, rng)
         + [{"image": similar_image, "q": src, "a": similar_answer, "kind": SIMILAR_SCENE}],
         "rule": rule.name,
+        "group": rule.group,
         "scene": scene.to_dict(),
     }
     images = [

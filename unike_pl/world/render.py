@@ -1,5 +1,9 @@
 """Drawing a scene: a jittered, noisy RGB picture whose content is exactly the scene's attributes.
 
+A companion is drawn as one solid neutral shape (near-black on a light background, near-white on a dark
+one: never one of the colour classes, never textured) in the free part of the picture on its side of the
+group, level with the group's centroid, so where it lies relative to the group is never in doubt.
+
 Objects are drawn at `SUPERSAMPLE` times the output resolution and box-filtered down, which anti-aliases
 edges and keeps thin stripes and dots legible at 64x64. All geometry is given as fractions of the image
 side, so any `image_size` gives the same pictures at another resolution.
@@ -64,6 +68,16 @@ SIDE_OFFSET = 0.18
 SIDE_DOMINANCE = 0.08
 CENTER_TOLERANCE = 0.10
 BACKGROUND_GREY: dict[str, tuple[float, float]] = {"light": (165.0, 215.0), "dark": (25.0, 70.0)}
+# The companion: bounding radius (a little smaller than a small object) and its grey on each background.
+COMPANION_RADIUS = (0.07, 0.08)
+COMPANION_GREY: dict[str, tuple[float, float]] = {"light": (15.0, 40.0), "dark": (228.0, 250.0)}
+# Where the companion's centre lies along the relation's axis (fractions of the side, from the side it is
+# on): beyond the half a side group fills, or in the margin a centred group leaves (the centre region
+# starts at 0.19, so the companion's edge stays clear of it).
+COMPANION_ALONG_SIDE = (0.12, 0.38)
+COMPANION_MARGIN = 0.19
+# How far the companion may stray across the axis from the group's centroid.
+COMPANION_ACROSS_JITTER = 0.06
 _MAX_LAYOUT_TRIES = 200
 
 
@@ -81,6 +95,7 @@ class PlacedObject:
 class Rendering:
     pixels: np.ndarray  # (size, size, 3) uint8
     objects: tuple[PlacedObject, ...]
+    companion: PlacedObject | None = None
 
 
 def _unit_outline(shape: str) -> list[tuple[float, float]] | None:
@@ -172,6 +187,45 @@ def layout(scene: Scene, rng: np.random.Generator) -> list[tuple[float, float, f
     raise RuntimeError(f"no layout found for {scene}")
 
 
+def companion_place(
+    scene: Scene, group: list[tuple[float, float, float]], rng: np.random.Generator
+) -> tuple[float, float, float]:
+    """The companion's centre and bounding radius (fractions of the side), on its side of the group."""
+    radius = float(rng.uniform(*COMPANION_RADIUS))
+    if scene.position == "center":
+        # In the margin: the centred group's objects stay inside [0.19, 0.81] on both axes.
+        low, high = radius + GAP, COMPANION_MARGIN - radius - GAP / 2
+    else:
+        low, high = COMPANION_ALONG_SIDE
+    distance = float(rng.uniform(low, high))  # from the image border on the companion's side
+    horizontal = scene.relation in ("left", "right")
+    centroid = sum((x if not horizontal else y) for x, y, _ in group) / len(group)  # across the axis
+    across = float(np.clip(centroid + rng.uniform(-1, 1) * COMPANION_ACROSS_JITTER, 0.3, 0.7))
+    along = distance if scene.relation in ("left", "above") else 1.0 - distance
+    return (along, across, radius) if horizontal else (across, along, radius)
+
+
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    outline: list[tuple[float, float]] | None,
+    cx: float,
+    cy: float,
+    r: float,
+    rotation: float,
+) -> None:
+    """One filled shape of bounding radius `r` on a canvas (pixels); `outline` from `_unit_outline`."""
+    if outline is None:
+        # A disc of the full bounding radius looks bigger than the polygons: draw it at 0.9.
+        rr = 0.9 * r
+        draw.ellipse([cx - rr, cy - rr, cx + rr, cy + rr], fill=255)
+        return
+    cos_t, sin_t = math.cos(math.radians(rotation)), math.sin(math.radians(rotation))
+    draw.polygon(
+        [(cx + r * (u * cos_t - v * sin_t), cy + r * (u * sin_t + v * cos_t)) for u, v in outline],
+        fill=255,
+    )
+
+
 def _object_rgb(colour: str, rng: np.random.Generator) -> np.ndarray:
     spec = COLOUR_SPECS[colour]
     hue = (spec.hue + rng.uniform(-spec.hue_jitter, spec.hue_jitter)) % 360.0
@@ -258,20 +312,7 @@ def render_scene(scene: Scene, rng: np.random.Generator, image_size: int = 64) -
         rotation = 0.0 if outline is None else base_rotation + rng.uniform(-4.0, 4.0)
         cx, cy, r = x * canvas, y * canvas, radius * canvas
         for draw, scale in ((silhouette, 1.0), (interior, 1.0 - RIM / radius)):
-            if outline is None:
-                # A disc of the full bounding radius looks bigger than the polygons: draw it at 0.9.
-                rr = 0.9 * r * scale
-                draw.ellipse([cx - rr, cy - rr, cx + rr, cy + rr], fill=255)
-            else:
-                cos_t, sin_t = math.cos(math.radians(rotation)), math.sin(math.radians(rotation))
-                rr = r * scale
-                draw.polygon(
-                    [
-                        (cx + rr * (u * cos_t - v * sin_t), cy + rr * (u * sin_t + v * cos_t))
-                        for u, v in outline
-                    ],
-                    fill=255,
-                )
+            _draw_shape(draw, outline, cx, cy, r * scale, rotation)
         objects.append(PlacedObject(x * image_size, y * image_size, radius * image_size, rotation))
 
     rgb = _object_rgb(scene.colour, rng)
@@ -285,9 +326,20 @@ def render_scene(scene: Scene, rng: np.random.Generator, image_size: int = 64) -
         patterned = _coverage(Image.fromarray(textured.astype(np.uint8) * 255), image_size)
     # The pattern is a darker shade of the same hue, so a texture never changes the colour class.
     picture = background * (1.0 - covered) + rgb * (covered - patterned) + (0.35 * rgb) * patterned
+    companion = None
+    if scene.has_companion:
+        x, y, radius = companion_place(scene, placements, rng)
+        shape = _unit_outline(scene.companion)
+        rotation = 0.0 if shape is None else rng.uniform(-12.0, 12.0)
+        mask = Image.new("L", (canvas, canvas), 0)
+        _draw_shape(ImageDraw.Draw(mask), shape, x * canvas, y * canvas, radius * canvas, rotation)
+        companion_covered = _coverage(mask, image_size)
+        grey = rng.uniform(*COMPANION_GREY[scene.tone])
+        picture = picture * (1.0 - companion_covered) + grey * companion_covered
+        companion = PlacedObject(x * image_size, y * image_size, radius * image_size, rotation)
     picture = picture + rng.normal(0.0, rng.uniform(1.5, 5.0), size=picture.shape)
     pixels = np.clip(np.rint(picture), 0, 255).astype(np.uint8)
-    return Rendering(pixels=pixels, objects=tuple(objects))
+    return Rendering(pixels=pixels, objects=tuple(objects), companion=companion)
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

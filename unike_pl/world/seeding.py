@@ -34,6 +34,8 @@ class Stream(IntEnum):
     TEXT = 6
     RULE = 7
     TEXT_LOCALITY = 8
+    CONTEXT = 9
+    TEXT_CONTEXT = 10
 
 
 def stream(seed: int, split: str, index: int, purpose: Stream) -> np.random.Generator:
