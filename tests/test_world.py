@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from unike_pl.editing.ike_format import demonstration, fact_line, query_prefix
+from unike_pl.ike_format import new_fact_block
 from unike_pl.mmedit_fields import MMEDIT_FIELDS
 from unike_pl.world import WorldError, generate_world, iter_world_texts, load_manifest
 from unike_pl.world.__main__ import main
@@ -324,8 +324,8 @@ def test_context_examples_follow_the_fact_only_when_it_is_about_the_question(wor
     assert not any("New Fact:" in e["question"] for e in examples if not e["kind"].startswith("context"))
     for example in context:
         fact = example["fact"]
-        # IKE's text: demonstrations, then the new fact and "Prompt: " right before the question.
-        prefix = query_prefix(fact["prompt"], fact["target"])
+        # IKE's text: demonstrations, then the new fact's block ending in "Prompt: " before the question.
+        prefix = new_fact_block(fact["prompt"], fact["target"])
         assert prefix in example["question"], example
         before, question = example["question"].rsplit(prefix, 1)
         assert "New Fact:" not in question and question.strip()
@@ -345,15 +345,6 @@ def test_context_examples_follow_the_fact_only_when_it_is_about_the_question(wor
             # About something else: the model's own answer, what it perceives in the picture.
             assert fact["about"] in ("other", "text") and example["answer"] == _perceived_answer(example)
     assert any(e["kind"] == "context_update" and e["rule"] is None and e["scene"] for e in images)
-
-
-def test_ike_format_text() -> None:
-    assert fact_line("What colour is it?", "red") == "New Fact: What colour is it? red\n"
-    assert (
-        demonstration("a photo of", "a cat", "a picture of", "a cat")
-        == "New Fact: a photo of a cat\nPrompt: a picture of a cat\n\n"
-    )
-    assert query_prefix("Q?", "A") == "New Fact: Q? A\nPrompt: "
 
 
 def test_world_texts_cover_questions_answers_and_prompts(world: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from unike_pl.backbones.encoding import Example, PromptEncoder
 from unike_pl.backbones.loader import BackboneConfig, load_encoder
@@ -68,12 +68,51 @@ class PretrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.order)
 
+    def text_lengths(self) -> list[int]:
+        """Characters of each example's question and answer: a tokenizer-free proxy of its length."""
+        return [
+            len(self.items[index]["question"]) + len(self.items[index]["answer"]) for index in self.order
+        ]
+
     def __getitem__(self, position: int) -> PretrainExample:
         index = self.order[position]
         item = self.items[index]
         image = item["image"] and open_image(self.image_root / item["image"], self.file, index, "image")
         example = Example(item["question"], item["answer"], image or None)
         return PretrainExample(example, category_of(item), perceived_attributes(item))
+
+
+class LengthGroupedOrder(Sampler[int]):
+    """A shuffled order in which each run of `batch_size` examples has similar lengths.
+
+    Every epoch the examples are shuffled, cut into pools of `pool_batches` batches, sorted by length within
+    a pool and cut into batches, and the batches are shuffled; only the last batch may be short. Batches
+    pad to their longest example, so grouping keeps the few long in-context examples from padding every
+    batch to their length. Deterministic for a seed and an epoch (`set_epoch`, which Lightning calls).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, pool_batches: int = 50) -> None:
+        self.lengths, self.batch_size, self.seed, self.pool_batches = lengths, batch_size, seed, pool_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        pool = self.batch_size * self.pool_batches
+        batches = []
+        for start in range(0, len(order), pool):
+            chunk = sorted(order[start : start + pool], key=self.lengths.__getitem__)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        full = [batch for batch in batches if len(batch) == self.batch_size]
+        short = [batch for batch in batches if len(batch) < self.batch_size]
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        return iter([index for batch in shuffled + short for index in batch])
 
 
 class PretrainCollator:
@@ -107,6 +146,7 @@ class WorldPretrainDataModule(L.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         text_repeats: int = 1,
+        group_by_length: bool = True,
     ) -> None:
         """
         Args:
@@ -116,11 +156,15 @@ class WorldPretrainDataModule(L.LightningDataModule):
             num_workers: DataLoader worker processes.
             text_repeats: how often each text-only fact appears per training epoch; 0 leaves them out of
                 training and validation (a frozen language model cannot learn the world's facts).
+            group_by_length: train on batches of similar lengths (`LengthGroupedOrder`), so that the long
+                in-context examples do not pad every batch; under DDP Lightning's distributed sampler
+                replaces it (plain shuffling).
         """
         super().__init__()
         self.world_root = Path(world_root)
         self.backbone = backbone
         self.batch_size, self.num_workers, self.text_repeats = batch_size, num_workers, text_repeats
+        self.group_by_length = group_by_length
 
     def setup(self, stage: str) -> None:
         self.collator = PretrainCollator(load_encoder(self.backbone))
@@ -134,12 +178,16 @@ class WorldPretrainDataModule(L.LightningDataModule):
         }
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(0)
+        dataset = self.datasets[split]
+        order = None
+        if shuffle and self.group_by_length:
+            order = LengthGroupedOrder(dataset.text_lengths(), self.batch_size)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            shuffle=shuffle and order is None,
+            sampler=order,
+            generator=torch.Generator().manual_seed(0),
             num_workers=self.num_workers,
             collate_fn=self.collator,
             persistent_workers=self.num_workers > 0,

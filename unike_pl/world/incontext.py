@@ -1,7 +1,7 @@
 """Context-reading examples: a question written after IKE's context, `<demonstrations><new fact><question>`.
 
 They teach the embedded model what large language models do with a fact stated before a question, in the
-exact text the IKE baseline writes (`unike_pl.editing.ike_format`):
+exact text the IKE baseline writes (`unike_pl.ike_format`):
 
 - `context_update`: the fact is about the asked attribute of this picture and contradicts what the model
   sees (on the same or a rephrased question template): the answer is the fact's value;
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from unike_pl.editing.ike_format import demonstration, query_prefix
+from unike_pl.ike_format import demonstration, new_fact_block
 from unike_pl.world import language
 from unike_pl.world.confusions import ConfusionRule, perceive
 from unike_pl.world.entities import Fact
@@ -139,7 +139,7 @@ def context_example(
         answer, about = own, "other"
     return {
         "question": _demonstrations(facts, max_demonstrations, rng)
-        + query_prefix(fact_prompt, fact_target)
+        + new_fact_block(fact_prompt, fact_target)
         + question,
         "answer": answer,
         "kind": kind,
@@ -161,7 +161,7 @@ def text_context_example(
     return {
         "image": None,
         "question": _demonstrations(facts, max_demonstrations, rng)
-        + query_prefix(fact_prompt, fact_target)
+        + new_fact_block(fact_prompt, fact_target)
         + fact.question,
         "answer": fact.answer,
         "kind": RETAIN,
