@@ -70,9 +70,7 @@ class PretrainDataset(Dataset):
 
     def text_lengths(self) -> list[int]:
         """Characters of each example's question and answer: a tokenizer-free proxy of its length."""
-        return [
-            len(self.items[index]["question"]) + len(self.items[index]["answer"]) for index in self.order
-        ]
+        return [len(self.items[index]["question"]) + len(self.items[index]["answer"]) for index in self.order]
 
     def __getitem__(self, position: int) -> PretrainExample:
         index = self.order[position]
