@@ -116,7 +116,7 @@ class Context:
 
 def edit_context(example: Example, demonstrations: Sequence[str]) -> Context:
     """IKE's context for the edit `example`: the demonstrations, then the new fact as a demonstration of
-    itself and as the prompt's prefix (`unike_pl.ike_format.context_before_prompt`)."""
+    itself and as the prompt's prefix (`unike_pl.ike_format.context_before_prompt` writes the same text)."""
     return Context(example.prompt, tuple(demonstrations), new_fact_block(example.prompt, example.target))
 
 

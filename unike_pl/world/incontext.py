@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from unike_pl.ike_format import demonstration, new_fact_block
+from unike_pl.ike_format import context_before_prompt, demonstration
 from unike_pl.world import language
 from unike_pl.world.confusions import ConfusionRule, perceive
 from unike_pl.world.entities import Fact
@@ -96,9 +96,9 @@ def _demonstration(facts: tuple[Fact, ...], rng: np.random.Generator) -> str:
     return demonstration(fact_prompt, fact_target, unrelated.question, unrelated.answer)
 
 
-def _demonstrations(facts: tuple[Fact, ...], most: int, rng: np.random.Generator) -> str:
+def _demonstrations(facts: tuple[Fact, ...], most: int, rng: np.random.Generator) -> list[str]:
     """0 to `most` demonstrations, uniform."""
-    return "".join(_demonstration(facts, rng) for _ in range(int(rng.integers(most + 1))))
+    return [_demonstration(facts, rng) for _ in range(int(rng.integers(most + 1)))]
 
 
 def context_example(
@@ -138,8 +138,9 @@ def context_example(
         fact_target = _answer(other, seen) if rng.random() < 0.5 else _counterfactual(other, seen, rng)
         answer, about = own, "other"
     return {
-        "question": _demonstrations(facts, max_demonstrations, rng)
-        + new_fact_block(fact_prompt, fact_target)
+        "question": context_before_prompt(
+            _demonstrations(facts, max_demonstrations, rng), fact_prompt, fact_target
+        )
         + question,
         "answer": answer,
         "kind": kind,
@@ -160,8 +161,9 @@ def text_context_example(
     fact_prompt = _prompt(attribute, scene, rng)
     return {
         "image": None,
-        "question": _demonstrations(facts, max_demonstrations, rng)
-        + new_fact_block(fact_prompt, fact_target)
+        "question": context_before_prompt(
+            _demonstrations(facts, max_demonstrations, rng), fact_prompt, fact_target
+        )
         + fact.question,
         "answer": fact.answer,
         "kind": RETAIN,
