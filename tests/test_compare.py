@@ -35,7 +35,7 @@ def test_the_shipped_comparison_covers_every_method_and_protocol():
         "SERAC",
     ]
     assert plan.protocols == ["one-step", "sequential T=10", "sequential T=20", "cross-task T=9"]
-    assert len(plan.runs) == 11 * 4
+    assert len(plan.runs) == 11 * 4 + 11 * 2  # one-step with two more seeds
     assert {Path(p.checkpoint).name for p in plan.prerequisites} == {
         "encoders.ckpt",
         "mend.ckpt",
@@ -123,6 +123,7 @@ def test_unknown_methods_and_missing_files_are_named(tmp_path):
 
 def finished_plan(tmp_path):
     settings = yaml.safe_load(SHIPPED.read_text())
+    del settings["seeds"]  # one run per cell
     settings.update(runs_dir=str(tmp_path / "runs"), output_dir=str(tmp_path / "out"))
     config = tmp_path / "compare.yaml"
     config.write_text(yaml.safe_dump(settings))
@@ -145,9 +146,9 @@ def test_the_table_holds_the_finished_runs(tmp_path):
     ]
     assert rows[2]["reliability"] == 21.0 and rows[2]["run_minutes"] == 1.5 and rows[2]["m_locality"] is None
     markdown = markdown_table(rows).splitlines()
-    assert markdown[0].startswith("| method | protocol | Rel | T-Gen | M-Gen | T-Loc | M-Loc | Rel (gen)")
-    assert markdown[4].startswith("| UniKE | one-step | 21.0 | – |")
-    assert csv_table(rows).splitlines()[0].startswith("method,protocol,reliability,t_generality")
+    assert markdown[0].startswith("| method | protocol | seeds | Rel | T-Gen | M-Gen | T-Loc | M-Loc |")
+    assert markdown[4].startswith("| UniKE | one-step | 1 | 21.0 | – |")
+    assert csv_table(rows).splitlines()[0].startswith("method,protocol,seeds,reliability,t_generality")
     written = write_tables(plan, rows)
     assert all(path.is_file() for path in written)
     png = metric_bars(rows, plan.protocols, plan.methods, tmp_path / "bars.png")
@@ -214,3 +215,60 @@ def test_running_some_cells_reports_every_finished_cell(tmp_path, monkeypatch):
         ("FT", "sequential T=10"),
         ("UniKE", "one-step"),
     ]
+
+
+def test_seeded_cells_run_in_their_own_folders_with_their_seed():
+    plan = build_plan(SHIPPED, methods=["UniKE"])
+    one_step = [run for run in plan.runs if run.protocol == "one-step"]
+    assert [run.seed for run in one_step] == [0, 1, 2]
+    own, second, third = one_step
+    assert "seed" not in own.config["model"]["init_args"]  # the base config, as unseeded plans compose it
+    assert second.folder == own.folder / "seed_1" and third.folder == own.folder / "seed_2"
+    for run in (second, third):
+        assert run.config["seed_everything"] == run.seed == run.config["model"]["init_args"]["seed"]
+        assert run.config["model"]["init_args"]["edits_dir"] == str(run.folder / "edits")
+        report = run.config["trainer"]["callbacks"][-1]["init_args"]
+        assert report["output_dir"] == str(run.folder / "results")
+    assert [run.seed for run in plan.runs if run.protocol == "sequential T=10"] == [0]
+
+
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [
+        ({"two-step": [0, 1]}, "seeds names no protocol 'two-step'"),
+        ({"one-step": [0, 0]}, "distinct integers"),
+        ({"one-step": []}, "non-empty list"),
+        ([0, 1], "must map protocols"),
+    ],
+)
+def test_bad_seeds_are_named(tmp_path, seeds, message):
+    settings = yaml.safe_load(SHIPPED.read_text())
+    settings["seeds"] = seeds
+    config = tmp_path / "compare.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    with pytest.raises(ComparisonConfigError, match=message):
+        build_plan(config)
+
+
+def test_a_cell_of_several_seeds_is_one_row_of_means_and_deviations(tmp_path):
+    settings = yaml.safe_load(SHIPPED.read_text())
+    settings.update(runs_dir=str(tmp_path / "runs"), output_dir=str(tmp_path / "out"))
+    config = tmp_path / "compare.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    plan = build_plan(config, methods=["UniKE"], protocols=["one-step", "sequential T=10"])
+    for run, reliability in zip(plan.runs, (90.0, 96.0, 99.0, 50.0), strict=True):
+        scores = {"val/reliability": reliability, "val/edit_seconds": 1.0}
+        groups = {"unseen-rule": {"val/reliability": reliability - 10}}
+        run.result_file.parent.mkdir(parents=True)
+        run.result_file.write_text(json.dumps({"scores": scores, "scores_by_group": groups}))
+    one_step, sequential = collect_rows(plan)
+    assert one_step["seeds"] == 3 and one_step["reliability"] == 95.0
+    assert one_step["reliability_std"] == pytest.approx(4.5826, abs=1e-4)  # sample deviation of 90, 96, 99
+    assert one_step["unseen-rule/reliability"] == 85.0 and one_step["edit_seconds_std"] == 0.0
+    assert sequential["seeds"] == 1 and "reliability_std" not in sequential
+    markdown = markdown_table([one_step, sequential]).splitlines()
+    assert markdown[2].startswith("| UniKE | one-step | 3 | 95.0 ± 4.6 | – |")
+    assert markdown[2].endswith("| 85.0 ± 4.6 |") and markdown[3].endswith("| 40.0 |")
+    header, first = csv_table([one_step, sequential]).splitlines()[:2]
+    assert "reliability_std" in header.split(",") and "unseen-rule/reliability_std" in header.split(",")
+    assert metric_bars([one_step, sequential], plan.protocols, plan.methods, tmp_path / "b.png").is_file()

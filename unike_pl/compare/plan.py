@@ -5,6 +5,12 @@ settings), the methods (model settings, optionally taken from another config, an
 with) and the fits that produce those checkpoints. Each run's composed config is written to its own
 folder (`run.yaml`), so any cell of the table can be rerun alone with
 `python -m unike_pl validate --config .../run.yaml`.
+
+`seeds` (protocol → list of seeds) repeats a protocol's cells with other editing seeds, for a mean and a
+standard deviation per cell: the run of the base config's own seed (`seed_everything`) is the cell's
+folder as usual, every other seed `s` sets `seed_everything` and the editing module's `seed` to `s` and
+runs in the cell's `seed_<s>/` folder. The seed draws what is random in an edit (UniKE's memory sample and
+key jitter, the random-ζ control); fitted checkpoints (encoders, MEND, SERAC, the router) are shared.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class Run:
     folder: Path
     config: dict[str, Any]
     ckpt_path: str | None
+    seed: int = 0
 
     @property
     def result_file(self) -> Path:
@@ -119,6 +126,47 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
+def _seeds(settings: dict[str, Any], protocols: dict[str, Any], source: Path) -> dict[str, list[int]]:
+    """The `seeds` entry checked: known protocols, each a non-empty list of distinct integers."""
+    seeds = settings.get("seeds") or {}
+    if not isinstance(seeds, dict):
+        raise ComparisonConfigError(f"{source}: seeds must map protocols to lists of seeds")
+    for protocol, values in seeds.items():
+        if protocol not in protocols:
+            raise ComparisonConfigError(f"{source}: seeds names no protocol {protocol!r}")
+        valid = isinstance(values, list) and values and all(type(v) is int for v in values)
+        if not valid or len(set(values)) != len(values):
+            raise ComparisonConfigError(
+                f"{source}: seeds of {protocol!r} must be a non-empty list of distinct integers, "
+                f"not {values!r}"
+            )
+    return seeds
+
+
+def _seeded(run: Run, seed: int) -> Run:
+    """`run` repeated with editing seed `seed` in its `seed_<seed>/` folder."""
+    folder = run.folder / f"seed_{seed}"
+    config = copy.deepcopy(run.config)
+    config["seed_everything"] = seed
+    config["model"]["init_args"]["seed"] = seed
+    _place(config, folder)
+    return Run(run.method, run.protocol, folder, config, run.ckpt_path, seed)
+
+
+def _place(config: dict[str, Any], folder: Path) -> None:
+    """Point a composed config's edits, logs and results at `folder`."""
+    config["model"]["init_args"]["edits_dir"] = str(folder / "edits")
+    config["trainer"]["default_root_dir"] = str(folder)
+    config["trainer"]["callbacks"] = [
+        c for c in config["trainer"].get("callbacks", []) if not c["class_path"].endswith("ResultsReport")
+    ] + [
+        {
+            "class_path": "unike_pl.callbacks.ResultsReport",
+            "init_args": {"output_dir": str(folder / "results"), "run_name": "run"},
+        }
+    ]
+
+
 def build_plan(
     path: str | Path, methods: list[str] | None = None, protocols: list[str] | None = None
 ) -> Plan:
@@ -133,6 +181,8 @@ def build_plan(
         unknown = sorted(set(wanted or []) - set(known))
         if unknown:
             raise ComparisonConfigError(f"{source}: no {kind} {unknown}; known: {', '.join(known)}")
+    seeds = _seeds(settings, all_protocols, source)
+    base_seed = base.get("seed_everything", 0)
     runs = []
     for name in methods or list(all_methods):
         method = all_methods[name] or {}
@@ -143,23 +193,14 @@ def build_plan(
             folder = runs_dir / slug(name) / slug(protocol)
             config = copy.deepcopy(base)
             config["model"] = copy.deepcopy(model)
-            config["model"]["init_args"]["edits_dir"] = str(folder / "edits")
             data_args = config["data"]["init_args"]
             data_args.update(all_protocols[protocol] or {})
             if settings.get("limit") is not None:
                 data_args["limit"] = settings["limit"]
-            config["trainer"]["default_root_dir"] = str(folder)
-            config["trainer"]["callbacks"] = [
-                c
-                for c in config["trainer"].get("callbacks", [])
-                if not c["class_path"].endswith("ResultsReport")
-            ] + [
-                {
-                    "class_path": "unike_pl.callbacks.ResultsReport",
-                    "init_args": {"output_dir": str(folder / "results"), "run_name": "run"},
-                }
-            ]
-            runs.append(Run(name, protocol, folder, config, method.get("ckpt_path")))
+            _place(config, folder)
+            run = Run(name, protocol, folder, config, method.get("ckpt_path"), base_seed)
+            runs.append(run)
+            runs += [_seeded(run, seed) for seed in seeds.get(protocol, []) if seed != base_seed]
     prerequisites = [
         Prerequisite(
             _require(item, "config", source, "a prerequisite"),

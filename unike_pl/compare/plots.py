@@ -15,6 +15,7 @@ import torch  # noqa: E402
 
 from unike_pl.backbones.loader import BackboneConfig  # noqa: E402
 from unike_pl.compare.plan import Sweep  # noqa: E402
+from unike_pl.compare.table import STD  # noqa: E402
 from unike_pl.io import atomic_write_bytes  # noqa: E402
 from unike_pl.knowledge.datamodule import MemoryConfig, MemorySource, load_memory  # noqa: E402
 from unike_pl.knowledge.encoders import DisentangledEncoders  # noqa: E402
@@ -32,7 +33,8 @@ def save_figure(figure: plt.Figure, path: Path) -> Path:
 
 
 def metric_bars(rows: list[dict[str, Any]], protocols: list[str], methods: list[str], path: Path) -> Path:
-    """One panel per protocol: the five metrics and LDKE's two on the x axis, one bar per method."""
+    """One panel per protocol: the five metrics and LDKE's two on the x axis, one bar per method (with its
+    standard deviation over seeds as an error bar)."""
     figure, axes = plt.subplots(
         len(protocols), 1, figsize=(11, 3.4 * len(protocols)), squeeze=False, gridspec_kw={"hspace": 0.4}
     )
@@ -44,8 +46,9 @@ def metric_bars(rows: list[dict[str, Any]], protocols: list[str], methods: list[
             if method not in scored:
                 continue
             values = [scored[method][metric] or 0.0 for metric in PLOTTED]
+            spreads = [scored[method].get(metric + STD) or 0.0 for metric in PLOTTED]  # 0 for one seed
             positions = [m + (i - (len(methods) - 1) / 2) * width for m in range(len(PLOTTED))]
-            axis.bar(positions, values, width, label=method, color=colours[i % len(colours)])
+            axis.bar(positions, values, width, yerr=spreads, label=method, color=colours[i % len(colours)])
         axis.set_xticks(range(len(PLOTTED)), [names.DISPLAY_NAMES[m] for m in PLOTTED])
         axis.set_ylim(0, 100)
         axis.set_ylabel("score (×100)")

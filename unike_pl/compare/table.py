@@ -1,12 +1,14 @@
 """The comparison table: one row per method × protocol, from each run's result file (markdown and CSV).
 Runs on data whose records carry groups add, after the figures of all records, the per-group figures
-(`Rel (seen-rule)` ...)."""
+(`Rel (seen-rule)` ...). A cell run with several seeds is one row: each figure is the mean over its
+seeds, with the sample standard deviation beside it (`<figure>_std`; markdown `mean ± std`)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -48,42 +50,70 @@ def run_row(run: Run) -> dict[str, Any] | None:
     return row
 
 
+STD = "_std"
+"""Suffix of a figure's standard deviation over seeds."""
+
+
+def _over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for the finished seeds of a cell: means, and standard deviations when there are several."""
+    first = rows[0]
+    merged: dict[str, Any] = {"method": first["method"], "protocol": first["protocol"], "seeds": len(rows)}
+    figures = [key for key in first if key not in merged]
+    for key in figures:
+        values = [row.get(key) for row in rows]
+        if any(value is None for value in values):
+            merged[key] = None
+            continue
+        merged[key] = statistics.fmean(values)
+        if len(values) > 1:
+            merged[key + STD] = statistics.stdev(values)
+    return merged
+
+
 def collect_rows(plan: Plan) -> list[dict[str, Any]]:
-    return [row for run in plan.runs if (row := run_row(run)) is not None]
+    """One row per method × protocol that has finished runs, in the plan's order (seeds merged)."""
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in plan.runs:
+        if (row := run_row(run)) is not None:
+            cells.setdefault((run.method, run.protocol), []).append(row)
+    return [_over_seeds(rows) for rows in cells.values()]
 
 
 def group_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(group, metric) of every per-group figure that some row has: group by group (sorted), metrics in
     their usual order."""
-    present = {key for row in rows for key in row}
+    present = {key for row in rows for key in row if not key.endswith(STD)}
     groups = sorted({key.rpartition("/")[0] for key in present if "/" in key})
     return [(g, m) for g in groups for m in GROUP_METRICS if group_column(g, m) in present]
 
 
-def _cell(value: Any, digits: int) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+def _cell(row: dict[str, Any], key: str, digits: int) -> str:
+    value, spread = row.get(key), row.get(key + STD)
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}" + ("" if spread is None else f" ± {spread:.{digits}f}")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     by_group = group_columns(rows)
-    headers = ["method", "protocol", *(names.DISPLAY_NAMES[m] for m in COLUMNS), "run (min)"]
+    headers = ["method", "protocol", "seeds", *(names.DISPLAY_NAMES[m] for m in COLUMNS), "run (min)"]
     headers += [f"{names.DISPLAY_NAMES[metric]} ({group})" for group, metric in by_group]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [row["method"], row["protocol"]]
-        cells += [_cell(row[m], 1 if m not in (names.EDIT_SECONDS,) else 2) for m in COLUMNS]
-        cells.append(_cell(row["run_minutes"], 1))
-        cells += [_cell(row.get(group_column(group, metric)), 1) for group, metric in by_group]
+        cells = [row["method"], row["protocol"], str(row["seeds"])]
+        cells += [_cell(row, m, 2 if m == names.EDIT_SECONDS else 1) for m in COLUMNS]
+        cells.append(_cell(row, "run_minutes", 1))
+        cells += [_cell(row, group_column(group, metric), 1) for group, metric in by_group]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def csv_table(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    by_group = [group_column(group, metric) for group, metric in group_columns(rows)]
-    writer = csv.DictWriter(
-        buffer, fieldnames=["method", "protocol", *COLUMNS, "run_minutes", *by_group], lineterminator="\n"
-    )
+    figures = [*COLUMNS, "run_minutes", *(group_column(g, m) for g, m in group_columns(rows))]
+    spreads = [key + STD for key in figures if any(key + STD in row for row in rows)]
+    fields = ["method", "protocol", "seeds", *figures, *spreads]
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
