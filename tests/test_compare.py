@@ -102,7 +102,12 @@ def test_methods_override_the_base_model_and_protocols_the_data():
 
 @pytest.mark.parametrize("method", ["FT", "T-Patcher", "IKE", "intrinsic + IKE", "UniKE", "MEND", "SERAC"])
 def test_every_composed_run_parses_as_a_validate_config(method, tmp_path, capsys):
-    run = composed(build_plan(SHIPPED), method, "sequential T=10")
+    assert_parses_as_validate_config(
+        composed(build_plan(SHIPPED), method, "sequential T=10"), tmp_path, capsys
+    )
+
+
+def assert_parses_as_validate_config(run, tmp_path, capsys):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(run.config))
     with pytest.raises(SystemExit) as exit_info:
@@ -272,3 +277,25 @@ def test_a_cell_of_several_seeds_is_one_row_of_means_and_deviations(tmp_path):
     header, first = csv_table([one_step, sequential]).splitlines()[:2]
     assert "reliability_std" in header.split(",") and "unseen-rule/reliability_std" in header.split(",")
     assert metric_bars([one_step, sequential], plan.protocols, plan.methods, tmp_path / "b.png").is_file()
+
+
+UNIKE_ABLATIONS = SHIPPED.parent / "compare_unike.yaml"
+
+
+def test_the_ablation_rows_each_change_one_part_of_unike():
+    plan = build_plan(UNIKE_ABLATIONS)
+    assert len(plan.methods) == 12 and len(plan.runs) == 12 * 3
+    unike = composed(plan, "UniKE", "one-step").config["model"]["init_args"]
+    for method in plan.methods[1:]:
+        args = composed(plan, method, "one-step").config["model"]["init_args"]
+        changed = {part for part in ("intrinsic", "latent") if args[part] != unike[part]}
+        assert changed, f"{method} is UniKE itself"
+        assert {k for k in args if args[k] != unike[k]} <= {"intrinsic", "latent", "edits_dir"}
+
+
+@pytest.mark.parametrize(
+    "method", ["intrinsic only", "latent knowledge only, gated", "W_ζ learned per edit (released code)"]
+)
+def test_the_ablation_runs_parse_as_validate_configs(method, tmp_path, capsys):
+    run = composed(build_plan(UNIKE_ABLATIONS), method, "one-step")
+    assert_parses_as_validate_config(run, tmp_path, capsys)
