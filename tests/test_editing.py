@@ -171,6 +171,28 @@ def test_the_fast_tail_trains_like_the_full_model(name, latent, backbones):
     assert torch.allclose(logits_fast, logits_full, atol=1e-4)
 
 
+def test_an_edit_draws_the_same_numbers_whatever_came_before_it(backbones):
+    """The key jitter (and a learned W_ζ's start) comes from the seed and the edit alone, so another order,
+    another rank or a resumed run gives the edit the same neurons; another seed gives other ones."""
+    backbone = backbones["blip2"]
+    layers = backbone.last_layers(2)
+    intrinsic = IntrinsicConfig(neurons=4, max_steps=0, key_noise=0.1)
+    other = backbone.encoder.encode([Example("how many squares are there?", "two", GREY)])
+
+    def keys_of_the_edit(first, seed=0):
+        editor = UniKEEditor(backbone, layers, intrinsic, None, None, None, seed=seed)
+        if first is not None:
+            editor.edit(first)
+        editor.edit(edit_inputs(backbone))
+        keys = [patches[-1].keys.detach().clone() for patches in editor.bank.patches.values()]
+        editor.restore()
+        return keys
+
+    alone, after_another = keys_of_the_edit(None), keys_of_the_edit(other)
+    assert all(torch.equal(a, b) for a, b in zip(alone, after_another, strict=True))
+    assert not any(torch.equal(a, b) for a, b in zip(alone, keys_of_the_edit(None, seed=1), strict=True))
+
+
 def test_the_embedded_model_learns_an_edit_and_stops_after_it():
     """On the shipped world model (random tiny models cannot express two different tokens at adjacent
     positions): the edited model answers the new target by greedy decoding, then stops."""

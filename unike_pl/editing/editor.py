@@ -16,6 +16,7 @@ Nothing of the base model changes: an edit adds patches and knowledge, `restore`
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -107,7 +108,7 @@ class FixedShift(nn.Module):
 
 class LearnedShift(nn.Module):
     """β·W ζ with W (output, dim) trained with the edit's neurons, initialised as `nn.Linear` does
-    (uniform in ±1/√dim) from the editor's generator."""
+    (uniform in ±1/√dim) from the edit's generator."""
 
     def __init__(self, zeta: torch.Tensor, output: int, beta: float, generator: torch.Generator) -> None:
         super().__init__()
@@ -119,6 +120,17 @@ class LearnedShift(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.beta * (self.map @ self.zeta)
+
+
+def edit_generator(seed: int, inputs: Mapping[str, Any]) -> torch.Generator:
+    """The random numbers of one edit (the neurons' key jitter, a learned W_ζ's start), seeded by `seed` and
+    the edit itself (its token ids, labels and pixels): an edit's result depends on its record and the
+    settings only, not on which edits came before it, on which rank it runs, or on a resume."""
+    digest = hashlib.sha256(str(seed).encode())
+    for key in ("input_ids", "labels", "pixel_values"):
+        if isinstance(inputs.get(key), torch.Tensor):
+            digest.update(inputs[key].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return torch.Generator().manual_seed(int.from_bytes(digest.digest()[:8], "little"))
 
 
 class UniKEEditor(Editor):
@@ -161,7 +173,6 @@ class UniKEEditor(Editor):
         self.bank = NeuronBank(backbone)
         self.fast_tail = fast_tail
         self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -218,23 +229,27 @@ class UniKEEditor(Editor):
             # and greedy decoding repeats the target.
             eos = self.backbone.encoder.tokenizer.eos_token_id
             steps, success, reached = self._train_neurons(
-                append_eos(inputs, eos) if eos is not None else inputs, layers
+                append_eos(inputs, eos) if eos is not None else inputs,
+                layers,
+                edit_generator(self.seed, inputs),
             )
         else:
             with self.answering() as model, torch.no_grad():
                 success = bool(exact_match(model(inputs), inputs["labels"]).all())
         return EditReport(steps, time.perf_counter() - start, success, layers, reached)
 
-    def _value_shift(self, layer: int, output: int, device: torch.device) -> nn.Module:
+    def _value_shift(
+        self, layer: int, output: int, device: torch.device, generator: torch.Generator
+    ) -> nn.Module:
         config = self.intrinsic
         if config.zeta_map == "fitted":
             direction = self.encoders.value_direction(layer, config.zeta, self.seed)
             return FixedShift(direction.to(device), config.beta)
         zeta = self.encoders.direction(layer, config.zeta, self.seed).to(device)
-        return LearnedShift(zeta, output, config.beta, self.generator)
+        return LearnedShift(zeta, output, config.beta, generator)
 
     def _train_neurons(
-        self, inputs: Mapping[str, torch.Tensor], layers: Sequence[int]
+        self, inputs: Mapping[str, torch.Tensor], layers: Sequence[int], generator: torch.Generator
     ) -> tuple[int, bool, int | None]:
         config = self.intrinsic
         memory, reached = (
@@ -243,7 +258,9 @@ class UniKEEditor(Editor):
         patches = {layer: new_patch(self.backbone, layer, config.neurons) for layer in layers}
         for layer, patch in patches.items():
             if config.beta > 0:
-                patch.value_shift = self._value_shift(layer, patch.values.shape[1], patch.values.device)
+                patch.value_shift = self._value_shift(
+                    layer, patch.values.shape[1], patch.values.device, generator
+                )
             self.bank.add(layer, patch)
         labels = inputs["labels"]
         # Positions whose logits predict the target tokens: where the new neurons must fire.
@@ -261,7 +278,7 @@ class UniKEEditor(Editor):
             with torch.no_grad():  # the zero-valued patches change nothing here; this reads the FFN inputs
                 logits()
             for layer, patch in patches.items():
-                patch.init_keys(self._edit_queries(layer, targets).mean(0), config.key_noise, self.generator)
+                patch.init_keys(self._edit_queries(layer, targets).mean(0), config.key_noise, generator)
             params = [p for patch in patches.values() for p in patch.parameters()]
             optimizer = torch.optim.Adam(params, lr=config.learning_rate)
             for step in range(config.max_steps):
