@@ -157,14 +157,15 @@ def test_scores_of_a_group_the_metrics_do_not_hold_are_refused():
         score_groups(batch, {names.RELATED_ACCURACY: torch.tensor([1.0])})  # the record has none
 
 
-def test_data_without_groups_logs_what_it_logged_before():
+def test_data_without_groups_logs_the_scores_and_the_records_scored():
     metrics = GroupedMetrics(build_editing_metrics(), "val/")
     metrics.set_groups([])
     batch = hand_batch([None, None], [False, False])
     scores = {names.RELIABILITY: torch.tensor([1.0, 0.5])}
     metrics.add(scores, batch["group"], score_groups(batch, scores))
     assert [(name, float(metric.compute())) for name, metric in metrics.logged()] == [
-        ("val/reliability", 75.0)
+        ("val/reliability", 75.0),
+        ("val/records", 2.0),
     ]
 
 
@@ -306,7 +307,8 @@ def test_an_editing_run_reports_each_group_and_a_resumed_run_reproduces_it(
             )
         assert set(group_scores) == {names.stage_key("val", m) for m in names.EDIT_METRICS}
     rows = list(csv.reader((tmp_path / "results" / "edit" / "unike_vqa_val.csv").open()))
-    assert rows[0] == ["metric", "value", SEEN, UNSEEN] and ["records", "", "2", "2"] in rows
+    assert rows[0] == ["metric", "value", SEEN, UNSEEN] and ["records", "4", "2", "2"] in rows
+    assert first["records"] == 4 and first["settings"]["devices"] == 1
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished edit was redone")

@@ -101,16 +101,36 @@ class ResultsReport(L.Callback):
         scores = collect_scores(trainer.callback_metrics, stage)
         if not scores:
             return
-        settings = {**_settings_of(pl_module), **_settings_of(trainer.datamodule)}
+        settings = {**_settings_of(pl_module), **_settings_of(trainer.datamodule), **run_settings(trainer)}
         diagnostics = getattr(pl_module, "result_diagnostics", dict)()
         groups = collect_group_scores(trainer.callback_metrics, stage)
         name = f"{self.run_name or type(pl_module).__name__}_{stage}"
-        self.written = list(write_results(self.output_dir, name, scores, settings, diagnostics, groups))
+        records = trainer.callback_metrics.get(f"{stage}/{names.RECORDS}")
+        self.written = list(
+            write_results(
+                self.output_dir,
+                name,
+                scores,
+                settings,
+                diagnostics,
+                groups,
+                records=None if records is None else int(records),
+            )
+        )
         console = Console()
         console.print(scores_table(f"{name} ({settings.get('eval_file', '')})", scores, groups))
         if "gate_alpha" in diagnostics:
             console.print(gate_table(diagnostics["gate_alpha"]))
         Console().print(f"results: {self.written[0]} and {self.written[1]}")
+
+
+def run_settings(trainer: L.Trainer) -> dict[str, Any]:
+    """Where the run ran: devices per node, nodes and the strategy."""
+    return {
+        "devices": trainer.num_devices,
+        "nodes": trainer.num_nodes,
+        "strategy": type(trainer.strategy).__name__,
+    }
 
 
 def _settings_of(component: Any) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     headers += [f"{names.DISPLAY_NAMES[metric]} ({group})" for group, metric in by_group]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [row["method"], row["protocol"], str(row["seeds"])]
+        cells = [row["method"], row["protocol"], str(row.get("seeds", 1))]
         cells += [_cell(row, m, 2 if m == names.EDIT_SECONDS else 1) for m in COLUMNS]
         cells.append(_cell(row, "run_minutes", 1))
         cells += [_cell(row, group_column(group, metric), 1) for group, metric in by_group]

@@ -19,8 +19,9 @@ def add_scores(metrics: MetricCollection, scores: Mapping[str, Tensor]) -> None:
 
 
 class GroupedMetrics(nn.Module):
-    """`all`: a metric collection over every record, logged as `{prefix}{metric}`; per group a fresh copy,
-    logged as `{prefix}{group}/{metric}`, and the group's record count, `{prefix}{group}/records`.
+    """`all`: a metric collection over every record, logged as `{prefix}{metric}`, with the count of records
+    scored, `{prefix}records`; per group a fresh copy, logged as `{prefix}{group}/{metric}`, and the group's
+    record count, `{prefix}{group}/records`.
 
     Under DDP every process must hold the same metric objects (their states are summed across processes),
     so the groups are those of the whole split, set before the run (`set_groups`), never those of the
@@ -36,6 +37,7 @@ class GroupedMetrics(nn.Module):
         super().__init__()
         self.prefix = prefix
         self.all = metrics.clone(prefix=prefix)
+        self.records_scored = SumMetric()
         self.groups: tuple[str, ...] = ()
         self.by_group = nn.ModuleList()
         self.records = nn.ModuleList()
@@ -80,6 +82,7 @@ class GroupedMetrics(nn.Module):
                 "(taken from the eval split when the run was set up)"
             )
         add_scores(self.all, scores)
+        self.records_scored.update(float(len(record_groups)))
         for group, metrics, records in zip(self.groups, self.by_group, self.records, strict=True):
             chosen = {}
             for key, values in scores.items():
@@ -92,10 +95,12 @@ class GroupedMetrics(nn.Module):
     def logged(self) -> Iterator[tuple[str, Metric]]:
         """(logged name, metric) of every metric to log: those of all records that have been updated (the
         neighbour metrics exist only on data with neighbours, and a metric never updated cannot be
-        computed), the same metrics of every group, and each group's record count."""
+        computed), the count of records scored, the same metrics of every group, and each group's record
+        count."""
         updated = [key for key, metric in self.all.items(keep_base=True) if metric.update_count]
         for key in updated:
             yield self.all.prefix + key, self.all[key]
+        yield f"{self.prefix}{RECORDS}", self.records_scored
         for group, metrics, records in zip(self.groups, self.by_group, self.records, strict=True):
             for key in updated:
                 yield metrics.prefix + key, metrics[key]

@@ -7,17 +7,18 @@ result file names them: `write_results` refuses settings without `target_scorer`
 Layout of `{name}.json`::
 
     {"scores": {"reliability": 98.8, ...}, "settings": {"target_scorer": "token_accuracy", ...},
+     "records": 300,                                                               (records scored)
      "diagnostics": {"gate_alpha": {"edit": {"5": 0.81, ..., "mean": 0.8}, ...}},   (optional)
      "scores_by_group": {"seen-rule": {"reliability": 99.1, ...}, ...},            (data with groups)
      "records_by_group": {"seen-rule": 150, ...}}                                  (data with groups)
 
 Layout of `{name}.csv` (readable with the `csv` module); on data with groups, one more column per group
-and a `records` row with each group's record count::
+and each group's record count in the `records` row::
 
     metric,value[,seen-rule,unseen-rule]
     reliability,98.8[,99.1,98.5]
     ...
-    [records,,150,150]
+    records,300[,150,150]
     setting:target_scorer,token_accuracy[,,]
     ...
 
@@ -83,6 +84,7 @@ def write_results(
     settings: Mapping[str, object],
     diagnostics: Mapping[str, object] | None = None,
     groups: GroupScores | None = None,
+    records: int | None = None,
 ) -> tuple[Path, Path]:
     """Write `{name}.json` and `{name}.csv` into `directory` atomically; return (json path, csv path).
 
@@ -96,6 +98,7 @@ def write_results(
             per case and layer), written to the JSON only, under "diagnostics".
         groups: the scores of each group of records (data whose records carry a `group`), written after
             the scores of all records.
+        records: how many records were scored (on all devices together).
     """
     if not name or Path(name).name != name or name in (".", ".."):
         raise ValueError(f"result name must be a plain file stem, got {name!r}")
@@ -110,7 +113,7 @@ def write_results(
         clean_scores[key] = _score_value(key, value)
     if not clean_scores:
         raise ValueError(f"result {name!r}: no scores to write")
-    by_group, records = _clean_groups(name, groups, clean_scores) if groups else ({}, {})
+    by_group, group_records = _clean_groups(name, groups, clean_scores) if groups else ({}, {})
     clean_settings = dict(settings)
     for key, value in clean_settings.items():
         try:
@@ -124,10 +127,12 @@ def write_results(
     json_path = directory / f"{name}.json"
     csv_path = directory / f"{name}.csv"
     document: dict[str, Any] = {"scores": clean_scores, "settings": clean_settings}
+    if records is not None:
+        document["records"] = records
     if diagnostics:
         document["diagnostics"] = json.loads(json.dumps(dict(diagnostics), allow_nan=False))
     if by_group:
-        document["scores_by_group"], document["records_by_group"] = by_group, records
+        document["scores_by_group"], document["records_by_group"] = by_group, group_records
     atomic_write_json(json_path, document)
 
     buffer = io.StringIO()
@@ -137,8 +142,8 @@ def write_results(
         [key, repr(value), *(repr(group[key]) if key in group else "" for group in by_group.values())]
         for key, value in clean_scores.items()
     )
-    if by_group:
-        writer.writerow([RECORDS, "", *records.values()])
+    if by_group or records is not None:
+        writer.writerow([RECORDS, "" if records is None else records, *group_records.values()])
     padding = [""] * len(by_group)  # a setting has no per-group value
     writer.writerows(
         [f"{SETTING_PREFIX}{key}", value if isinstance(value, str) else json.dumps(value), *padding]

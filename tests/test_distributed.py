@@ -1,0 +1,102 @@
+"""The same scores on one process and on two (DDP on CPU with gloo): no record scored twice, sequences
+kept whole, and every edit's random numbers its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.helpers import TINY, shipped_config, write_config
+from tests.test_unike import MEMORY_LIMIT, disentangle_config
+from unike_pl.backbones.factory import ModelSize
+from unike_pl.cli import main
+from unike_pl.data.sharding import WholeBatchShards
+from unike_pl.metrics import names
+from unike_pl.pretrain.init_model import init_world_model
+
+RECORDS, SEQUENCE = 7, 2
+
+
+def test_whole_batches_are_dealt_to_the_processes_in_turn():
+    shards = [list(WholeBatchShards(range(RECORDS), SEQUENCE, 2, rank)) for rank in (0, 1)]
+    assert shards == [[0, 1, 4, 5], [2, 3, 6]]  # batches (0, 1) (2, 3) (4, 5) (6): none repeated
+    loader = torch.utils.data.DataLoader(
+        range(RECORDS), batch_size=SEQUENCE, sampler=WholeBatchShards(range(RECORDS), SEQUENCE, 2, 1)
+    )
+    assert [batch.tolist() for batch in loader] == [[2, 3], [6]]
+    with pytest.raises(ValueError, match="3 records in batches of 2 make 2 batch"):
+        WholeBatchShards(range(3), 2, 4, 0)
+
+
+@pytest.fixture(scope="module")
+def world_model(tmp_path_factory, small_world) -> Path:
+    return init_world_model(
+        small_world, tmp_path_factory.mktemp("model") / "model", ModelSize(**TINY), 400, 0
+    )
+
+
+def intrinsic_config(root: Path, world: Path, model: Path) -> Path:
+    """configs/edit_vqa.yaml with intrinsic neurons only (their keys are jittered: randomness per edit),
+    sequences of 2 edits over 7 records, so the last batch is short."""
+    settings = shipped_config("edit_vqa.yaml", root, world, model)
+    settings["trainer"]["callbacks"] = settings["trainer"]["callbacks"][1:]  # no progress bar
+    settings["trainer"]["enable_progress_bar"] = False
+    init = settings["model"]["init_args"]
+    init["memory"].update(MEMORY_LIMIT)
+    init["intrinsic"].update(max_steps=3, beta=0.0, key_noise=0.5)
+    init["latent"] = None
+    init["scoring"].update(max_new_tokens=2, pre_edit_cache=None)
+    settings["data"]["init_args"].update(limit=RECORDS, batch_size=SEQUENCE)
+    root.mkdir(parents=True, exist_ok=True)
+    return write_config(settings, root / "edit.yaml")
+
+
+def per_record_scores(edits: Path) -> dict[int, dict[str, float]]:
+    scores = {}
+    for file in edits.glob("records_*.json"):
+        stored = json.loads(file.read_text())
+        for i, record in enumerate(stored["records"]):
+            scores[record] = {metric: values[i] for metric, values in stored["scores"].items()}
+    return scores
+
+
+def test_two_processes_score_every_record_once_as_one_process_does(tmp_path, small_world, world_model):
+    one = intrinsic_config(tmp_path / "one", small_world, world_model)
+    main(["fit", "--config", str(disentangle_config(tmp_path / "one", small_world, world_model, 1))])
+    main(["validate", "--config", str(one)])
+    two = tmp_path / "two"
+    two.mkdir()
+    config = yaml.safe_load(one.read_text())
+    config["model"]["init_args"]["edits_dir"] = str(two / "edits")
+    config["trainer"]["callbacks"][-1]["init_args"]["output_dir"] = str(two / "results")
+    write_config(config, two / "edit.yaml")
+    command = [sys.executable, "-m", "unike_pl", "validate", "--config", str(two / "edit.yaml")]
+    command += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+
+    single = json.loads(next((tmp_path / "one" / "results").rglob("*_val.json")).read_text())
+    double = json.loads(next((two / "results").rglob("*_val.json")).read_text())
+    assert single["records"] == double["records"] == RECORDS
+    assert (single["settings"]["devices"], double["settings"]["devices"]) == (1, 2)
+    assert double["settings"]["strategy"] == "DDPStrategy"
+    timing = names.stage_key("val", names.EDIT_SECONDS)
+    assert timing in single["scores"]
+    for key, value in single["scores"].items():
+        if key == timing:
+            continue
+        assert double["scores"][key] == pytest.approx(value, abs=1e-4), key
+    first, second = (
+        per_record_scores(tmp_path / "one" / "runs" / "edit_vqa" / "edits"),
+        per_record_scores(two / "edits"),
+    )
+    assert sorted(first) == sorted(second) == list(range(RECORDS))
+    assert first == second

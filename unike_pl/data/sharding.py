@@ -1,0 +1,46 @@
+"""Sharing an eval split between processes without padding it: whole batches dealt out in turn.
+
+Lightning's default `DistributedSampler` deals records one by one and repeats some so every process gets
+as many; under editing that is wrong twice over: a repeated record is scored twice, and a sequence (a
+batch of T edits applied in order) would be made of other records than on one process. Here the batches
+are those of one process (consecutive records), batch i goes to process i mod world size, and nothing is
+repeated, so every record is edited and scored once, in the same sequence, wherever it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sized
+
+from torch.utils.data import DistributedSampler
+
+
+class WholeBatchShards(DistributedSampler):
+    """The records of this process's batches, in order; a DataLoader with the same `batch_size` cuts them
+    back into exactly those batches (only the split's last batch can be short, and it comes last)."""
+
+    def __init__(self, dataset: Sized, batch_size: int, num_replicas: int, rank: int) -> None:
+        """
+        Args:
+            dataset: the eval split.
+            batch_size: records per batch (the sequence length of sequential editing).
+            num_replicas: processes sharing the split.
+            rank: this process.
+        """
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        count = len(dataset)
+        batches = range(0, count, batch_size)
+        if len(batches) < num_replicas:
+            raise ValueError(
+                f"{count} records in batches of {batch_size} make {len(batches)} batch(es), fewer than the "
+                f"{num_replicas} processes: run on fewer devices or with smaller batches"
+            )
+        self.indices = [
+            i for start in batches[rank::num_replicas] for i in range(start, min(start + batch_size, count))
+        ]
+        self.num_samples = len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
