@@ -5,12 +5,14 @@ as many; under editing that is wrong twice over: a repeated record is scored twi
 batch of T edits applied in order) would be made of other records than on one process. Here the batches
 are those of one process (consecutive records), batch i goes to process i mod world size, and nothing is
 repeated, so every record is edited and scored once, in the same sequence, wherever it runs.
+`gather_rows` brings per-row results of every process back together, for metrics over the whole split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 
+import torch
 from torch.utils.data import DistributedSampler
 
 
@@ -44,3 +46,22 @@ class WholeBatchShards(DistributedSampler):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def gather_rows(
+    rows: torch.Tensor, all_gather: Callable[[torch.Tensor], torch.Tensor], world_size: int
+) -> torch.Tensor:
+    """`rows` (count, ...) of every process, concatenated in rank order; the counts may differ between
+    processes (whole batches are dealt out). `all_gather` is the LightningModule's (it stacks a tensor of
+    the same shape from every process); on one process `rows` comes back as it is."""
+    if world_size == 1:
+        return rows
+    counts = all_gather(torch.tensor(len(rows), device=rows.device)).reshape(-1)  # (world,)
+    as_bytes = rows.dtype == torch.bool  # gloo gathers no bool tensors
+    padded = rows.new_zeros(
+        (int(counts.max()), *rows.shape[1:]), dtype=torch.uint8 if as_bytes else rows.dtype
+    )
+    padded[: len(rows)] = rows
+    gathered = all_gather(padded)  # (world, most, ...)
+    joined = torch.cat([gathered[rank, : int(count)] for rank, count in enumerate(counts)])
+    return joined.bool() if as_bytes else joined

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
+from unike_pl.data.sharding import gather_rows
 from unike_pl.knowledge.contrastive import semantic_loss, truthfulness_loss
 from unike_pl.knowledge.datamodule import KnowledgeMemoryDataModule
 from unike_pl.knowledge.encoders import DisentangledEncoders
@@ -92,12 +93,16 @@ class DisentangleModule(L.LightningModule):
         z = self._encode(batch)
         if len(batch["sem"]) >= 2:
             truth, sem = self._losses(z)
-            self.log("val/loss", truth + sem, prog_bar=True, batch_size=len(batch["sem"]))
+            self.log("val/loss", truth + sem, prog_bar=True, batch_size=len(batch["sem"]), sync_dist=True)
         kept = {key: batch[key] for key in ("pos", "neg", "record", "in_scope", "is_edit")}
         self._val.append({k: v.detach() for k, v in {**z, **kept}.items()})
 
     def on_validation_epoch_end(self) -> None:
-        z = {k: torch.cat([v[k] for v in self._val]) for k in self._val[0]}
+        # Every process scores the whole held-out split (its share arrived on each process separately).
+        world = self.trainer.world_size
+        z = {
+            k: gather_rows(torch.cat([v[k] for v in self._val]), self.all_gather, world) for k in self._val[0]
+        }
         scores: dict[str, list[torch.Tensor]] = defaultdict(list)
         for i, layer in enumerate(self.encoders.layers):
             layer_scores = {
