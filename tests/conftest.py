@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import TINY
 from unike_pl.backbones.factory import ModelSize, build_blip2, build_llava, save_backbone, train_tokenizer
+from unike_pl.pretrain.init_model import init_world_model
 from unike_pl.world import generate_world
 
 CORPUS = [
@@ -88,6 +90,14 @@ def mmedit_dir(tmp_path) -> Path:
         records.append(mmedit_record(i, color))
     (tmp_path / "vqa_eval.json").write_text(json.dumps(records))
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def world_model(tmp_path_factory, small_world) -> Path:
+    """An untrained tiny model of the small world: wrong on nearly everything, so the memory has triplets."""
+    return init_world_model(
+        small_world, tmp_path_factory.mktemp("model") / "model", ModelSize(**TINY), 400, 0
+    )
 
 
 @pytest.fixture(scope="session")

@@ -14,13 +14,11 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import TINY, shipped_config, write_config
+from tests.helpers import shipped_config, write_config
 from tests.test_unike import MEMORY_LIMIT, disentangle_config
-from unike_pl.backbones.factory import ModelSize
 from unike_pl.cli import main
 from unike_pl.data.sharding import WholeBatchShards
 from unike_pl.metrics import names
-from unike_pl.pretrain.init_model import init_world_model
 
 RECORDS, SEQUENCE = 7, 2
 
@@ -34,13 +32,6 @@ def test_whole_batches_are_dealt_to_the_processes_in_turn():
     assert [batch.tolist() for batch in loader] == [[2, 3], [6]]
     with pytest.raises(ValueError, match="3 records in batches of 2 make 2 batch"):
         WholeBatchShards(range(3), 2, 4, 0)
-
-
-@pytest.fixture(scope="module")
-def world_model(tmp_path_factory, small_world) -> Path:
-    return init_world_model(
-        small_world, tmp_path_factory.mktemp("model") / "model", ModelSize(**TINY), 400, 0
-    )
 
 
 def intrinsic_config(root: Path, world: Path, model: Path) -> Path:

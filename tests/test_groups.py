@@ -12,8 +12,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from tests.helpers import TINY, shipped_config, shrink, write_config
-from unike_pl.backbones.factory import ModelSize
+from tests.helpers import shipped_config, shrink, write_config
 from unike_pl.callbacks.report import collect_group_scores, scores_table
 from unike_pl.cli import main
 from unike_pl.compare.table import csv_table, markdown_table, run_row
@@ -22,7 +21,6 @@ from unike_pl.data.cases import CrossTaskDataset
 from unike_pl.editing.finetune import FineTuneEditor
 from unike_pl.metrics import GroupedMetrics, GroupScores, build_editing_metrics, names, read_results
 from unike_pl.metrics.results import write_results
-from unike_pl.pretrain.init_model import init_world_model
 from unike_pl.scoring import score_groups
 
 SEEN, UNSEEN = "seen-rule", "unseen-rule"
@@ -254,13 +252,6 @@ def grouped_world(tmp_path_factory, small_world) -> Path:
     for folder in ("images", "images_rephrase"):
         (root / folder).symlink_to(small_world / folder)
     return root
-
-
-@pytest.fixture(scope="module")
-def world_model(tmp_path_factory, small_world) -> Path:
-    return init_world_model(
-        small_world, tmp_path_factory.mktemp("model") / "model", ModelSize(**TINY), 400, 0
-    )
 
 
 def ft_config(root: Path, world: Path, model: Path) -> Path:

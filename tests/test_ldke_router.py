@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from tests.helpers import shipped_config, write_config
-from tests.test_unike import MEMORY_LIMIT, edit_config, encoders, read_memory, world_model  # noqa: F401
+from tests.test_unike import MEMORY_LIMIT, edit_config, encoders, read_memory  # noqa: F401
 from unike_pl.backbones import BackboneConfig, Example, load_backbone
 from unike_pl.backbones.encoding import select_sample
 from unike_pl.cli import main

@@ -11,9 +11,8 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from tests.helpers import TINY, shipped_config, write_config
+from tests.helpers import shipped_config, write_config
 from unike_pl.backbones import BackboneConfig, Example, load_backbone
-from unike_pl.backbones.factory import ModelSize
 from unike_pl.cli import main
 from unike_pl.editing.mend import (
     FactorUpdate,
@@ -26,7 +25,6 @@ from unike_pl.editing.mend import (
 )
 from unike_pl.losses import answer_loss_per_sample
 from unike_pl.metrics import names, read_results
-from unike_pl.pretrain.init_model import init_world_model
 
 MODELS = ("blip2", "minigpt4")  # OPT (flattened FFN inputs) and gated LLaMA
 RED = Image.new("RGB", (40, 40), (220, 30, 30))
@@ -205,13 +203,6 @@ def test_the_shipped_config_parses_for_fit_and_validate(capsys):
 # --------------------------------------------------------------------------------------------------------
 # fit → checkpoint → resume → validate, through the CLI on the shipped config
 # --------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def world_model(tmp_path_factory, small_world) -> Path:
-    return init_world_model(
-        small_world, tmp_path_factory.mktemp("model") / "model", ModelSize(**TINY), 400, 0
-    )
 
 
 def mend_config(root: Path, world: Path, model: Path, epochs: int = 1, batch_size: int = 2) -> Path:

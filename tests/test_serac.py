@@ -9,9 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import TINY, shipped_config, write_config
+from tests.helpers import shipped_config, write_config
 from unike_pl.backbones import BackboneConfig, Example, load_backbone
-from unike_pl.backbones.factory import ModelSize
 from unike_pl.cli import main
 from unike_pl.editing.context import ContextView
 from unike_pl.editing.routing import rows_of
@@ -24,20 +23,12 @@ from unike_pl.editing.serac import (
 )
 from unike_pl.metrics import names, read_results
 from unike_pl.modules.serac import SERACModule
-from unike_pl.pretrain.init_model import init_world_model
 
 RED = Image.new("RGB", (40, 40), (220, 30, 30))
 GREY = Image.new("RGB", (40, 40), (90, 90, 90))
 EDIT_A = Example("what color is the circle?", "purple", RED)
 EDIT_B = Example("how many squares are there?", "two", GREY)
 UNRELATED = Example("what shape is shown?", "a triangle", GREY)
-
-
-@pytest.fixture(scope="module")
-def world_model(tmp_path_factory, small_world) -> Path:
-    return init_world_model(
-        small_world, tmp_path_factory.mktemp("model") / "model", ModelSize(**TINY), 400, 0
-    )
 
 
 @pytest.fixture(scope="module")

@@ -10,22 +10,12 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import TINY, shipped_config, write_config
-from unike_pl.backbones.factory import ModelSize
+from tests.helpers import shipped_config, write_config
 from unike_pl.cli import main
 from unike_pl.editing.editor import UniKEEditor
 from unike_pl.metrics import names, read_results
-from unike_pl.pretrain.init_model import init_world_model
 
 MEMORY_LIMIT = {"limit": 6, "max_new_tokens": 3, "chunk_records": 4}
-
-
-@pytest.fixture(scope="module")
-def world_model(tmp_path_factory, small_world) -> Path:
-    """An untrained tiny model of the world: wrong on nearly everything, so the memory has triplets."""
-    return init_world_model(
-        small_world, tmp_path_factory.mktemp("model") / "model", ModelSize(**TINY), 400, 0
-    )
 
 
 @pytest.fixture(scope="module")
