@@ -12,7 +12,7 @@ from unike_pl.backbones.loader import BackboneConfig, load_encoder
 from unike_pl.backbones.prompts import VQA_TEMPLATE
 from unike_pl.data.cases import CrossTaskDataset, EditCollator, MMEditDataset
 from unike_pl.data.mmedit import read_mmedit
-from unike_pl.data.sharding import WholeBatchShards
+from unike_pl.data.sharding import eval_sampler
 
 
 class MMEditDataModule(L.LightningDataModule):
@@ -104,12 +104,8 @@ class MMEditDataModule(L.LightningDataModule):
         fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         train_batch_size = self.hparams.train_batch_size or self.hparams.batch_size
         batch_size = train_batch_size if fitting else self.hparams.batch_size
-        sampler = None
-        if split != "train" and self.trainer is not None and self.trainer.world_size > 1:
-            # Not Lightning's padded per-record sampler: see unike_pl.data.sharding.
-            sampler = WholeBatchShards(
-                self.datasets[split], batch_size, self.trainer.world_size, self.trainer.global_rank
-            )
+        # Not Lightning's padded per-record sampler for evaluation: see unike_pl.data.sharding.
+        sampler = None if split == "train" else eval_sampler(self.datasets[split], batch_size, self.trainer)
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sized
 
+import lightning as L
 import torch
 from torch.utils.data import DistributedSampler
 
@@ -46,6 +47,14 @@ class WholeBatchShards(DistributedSampler):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def eval_sampler(dataset: Sized, batch_size: int, trainer: L.Trainer | None) -> WholeBatchShards | None:
+    """The sampler of an evaluation loader: this process's whole batches when the run has several
+    processes, None (the DataLoader's own order) on one."""
+    if trainer is None or trainer.world_size == 1:
+        return None
+    return WholeBatchShards(dataset, batch_size, trainer.world_size, trainer.global_rank)
 
 
 def gather_rows(

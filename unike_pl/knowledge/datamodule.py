@@ -18,7 +18,7 @@ from unike_pl.backbones.fingerprint import backbone_fingerprint
 from unike_pl.backbones.loader import BackboneConfig, load_backbone
 from unike_pl.data.cases import MMEditDataset
 from unike_pl.data.mmedit import read_mmedit
-from unike_pl.data.sharding import WholeBatchShards
+from unike_pl.data.sharding import eval_sampler
 from unike_pl.knowledge.memory import STATE_KINDS, KnowledgeMemory, Triplet
 from unike_pl.knowledge.mining import mine_memory
 from unike_pl.metrics import names
@@ -209,7 +209,5 @@ class KnowledgeMemoryDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         held_out, size = self.splits["val"], self.hparams.batch_size
-        world = self.trainer.world_size if self.trainer is not None else 1
         # Every held-out triplet once over all processes (Lightning's sampler would repeat some).
-        sampler = WholeBatchShards(held_out, size, world, self.trainer.global_rank) if world > 1 else None
-        return DataLoader(held_out, batch_size=size, sampler=sampler)
+        return DataLoader(held_out, batch_size=size, sampler=eval_sampler(held_out, size, self.trainer))
