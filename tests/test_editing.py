@@ -18,7 +18,6 @@ from unike_pl.editing.tail import TailRunner
 from unike_pl.editing.unrelated import UnrelatedInputs
 from unike_pl.knowledge.contrastive import semantic_loss, truthfulness_loss
 from unike_pl.knowledge.encoders import DisentangledEncoders
-from unike_pl.knowledge.index import CosineIndex
 from unike_pl.knowledge.mining import extract_states
 
 MODELS = ("blip2", "minigpt4", "llava")
@@ -210,15 +209,6 @@ def test_the_embedded_model_learns_an_edit_and_stops_after_it():
     assert report.steps > 0
     editor.restore()
     assert backbone.generate_answers(inputs, 4) == before
-
-
-def test_index_returns_the_planted_neighbour():
-    keys = torch.randn(200, 24, generator=torch.Generator().manual_seed(0))
-    index = CosineIndex(keys, use_gpu=False)
-    query = keys[[17, 140]] * 3.0 + 0.01 * torch.randn(2, 24)
-    scores, ids = index.search(query, 5)
-    assert ids[:, 0].tolist() == [17, 140]
-    assert torch.all(scores[:, 0] > 0.99) and torch.all(scores[:, :-1] >= scores[:, 1:])
 
 
 @pytest.mark.parametrize("name", MODELS)

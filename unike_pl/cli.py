@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from unike_pl.knowledge.index import check_faiss_install
+
 
 class UnikeCLI(LightningCLI):
     """LightningCLI with any LightningModule / LightningDataModule selectable by `class_path`.
@@ -37,6 +39,7 @@ class UnikeCLI(LightningCLI):
 def main(args: list[str] | None = None) -> UnikeCLI:
     # Tokenizers' own thread pool fights DataLoader workers for the few cores we have.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    check_faiss_install()
     return UnikeCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,

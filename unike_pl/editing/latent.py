@@ -33,7 +33,7 @@ from unike_pl.backbones.loader import Backbone
 from unike_pl.editing.tail import layer_call, run_layers
 from unike_pl.hooks import hooks, paused
 from unike_pl.knowledge.encoders import DisentangledEncoders
-from unike_pl.knowledge.index import CosineIndex
+from unike_pl.knowledge.index import CosineIndex, IndexConfig
 from unike_pl.knowledge.states import at_positions, attention_input
 
 
@@ -154,12 +154,17 @@ class KnowledgeInjection:
         memory: Mapping[int, LayerKnowledge],
         top_k: int,
         gate: Gate,
-        use_gpu: bool | None = None,
+        index: IndexConfig | None = None,
     ) -> None:
         self.backbone = backbone
-        self.memory = dict(memory)
+        device = backbone.model.device
+        # Retrieved states are read where the model runs: the memory's values live there once.
+        self.memory = {
+            layer: LayerKnowledge(knowledge.keys, knowledge.values.float().to(device))
+            for layer, knowledge in memory.items()
+        }
         self.indexes = {
-            layer: CosineIndex(knowledge.keys, use_gpu) for layer, knowledge in self.memory.items()
+            layer: CosineIndex(knowledge.keys, index, device) for layer, knowledge in self.memory.items()
         }
         self.top_k = top_k
         self.gate = gate
@@ -183,8 +188,9 @@ class KnowledgeInjection:
         for layer in self.layers:
             sem, own = edit_states[layer]["sem"], edit_states[layer]["last"]
             _, ids = self.indexes[layer].search(sem, self.top_k)
-            states = torch.cat([self.memory[layer].values[ids[0]], own.cpu().float()])
-            knowledge[layer] = EditKnowledge(states.to(device), own[0].float().to(device))
+            values = self.memory[layer].values
+            states = torch.cat([values[ids[0].to(values.device)], own.float().to(values.device)])
+            knowledge[layer] = EditKnowledge(states, own[0].float().to(device))
         return knowledge
 
     def add(self, knowledge: dict[int, EditKnowledge]) -> None:
