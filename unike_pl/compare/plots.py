@@ -17,7 +17,7 @@ from unike_pl.backbones.loader import BackboneConfig  # noqa: E402
 from unike_pl.compare.plan import Sweep  # noqa: E402
 from unike_pl.compare.table import STD  # noqa: E402
 from unike_pl.io import atomic_write_bytes  # noqa: E402
-from unike_pl.knowledge.datamodule import MemoryConfig, MemorySource, load_memory  # noqa: E402
+from unike_pl.knowledge.cache import MemoryConfig, MemorySource, load_memory  # noqa: E402
 from unike_pl.knowledge.encoders import DisentangledEncoders  # noqa: E402
 from unike_pl.metrics import names  # noqa: E402
 

@@ -1,99 +1,21 @@
-"""KnowledgeMemoryDataModule: mines the knowledge memory once (cached on disk), indexes it, and serves
-its triplets to the disentangling encoders."""
+"""KnowledgeMemoryDataModule: builds the knowledge memory once (cached on disk) and serves its triplets to
+the disentangling encoders."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from unike_pl.backbones.encoding import Example
-from unike_pl.backbones.fingerprint import backbone_fingerprint
-from unike_pl.backbones.loader import BackboneConfig, load_backbone
+from unike_pl.backbones.loader import BackboneConfig
 from unike_pl.data.cases import MMEditDataset
-from unike_pl.data.mmedit import read_mmedit
 from unike_pl.data.sharding import eval_sampler
+from unike_pl.knowledge.cache import MemoryConfig, build_memory, source_datasets
 from unike_pl.knowledge.memory import STATE_KINDS, KnowledgeMemory, Triplet
-from unike_pl.knowledge.mining import mine_memory
 from unike_pl.metrics import names
-
-
-@dataclass
-class MemorySource:
-    """One MMEdit training split that the knowledge memory is mined from."""
-
-    file: str
-    image_root: str
-    rephrase_image_root: str
-    task: str = "vqa"
-
-
-@dataclass
-class MemoryConfig:
-    """Where the knowledge memory comes from and where it is cached."""
-
-    sources: list[MemorySource]
-    """Training splits mined for triplets (never the eval split)."""
-    edited_layers: int = 4
-    """States are kept for the last `edited_layers` decoder layers."""
-    cache_dir: str = "runs/knowledge_memory"
-    """Parent folder of the cache; each (model, data, layers) combination gets its own sub-folder."""
-    use_template: bool = False
-    """Wrap VQA questions as `Question: {} Short answer:` (as the editing run must)."""
-    chunk_records: int = 64
-    """Records mined per cached chunk: an interrupted build resumes at the first missing chunk."""
-    max_new_tokens: int = 16
-    """Greedy decoding cap when reading the model's wrong answers."""
-    limit: int | None = None
-    """Mine only the first `limit` records of each source (quick runs and tests)."""
-
-
-def memory_path(backbone: BackboneConfig, config: MemoryConfig) -> Path:
-    """The cache file of this model, these sources and layers: a change to any of them is a new file."""
-    digest = hashlib.sha256(backbone_fingerprint(backbone).encode())
-    for source in config.sources:
-        digest.update(json.dumps(asdict(source), sort_keys=True).encode())
-        digest.update(hashlib.sha256(Path(source.file).read_bytes()).digest())
-    digest.update(
-        f"layers={config.edited_layers};template={config.use_template};limit={config.limit};"
-        f"tokens={config.max_new_tokens}".encode()
-    )
-    return Path(config.cache_dir) / digest.hexdigest()[:16] / "memory.pt"
-
-
-def build_memory(backbone_config: BackboneConfig, config: MemoryConfig) -> Path:
-    """Mine every source into the cache (chunk by chunk, resumable) and return the memory file."""
-    path = memory_path(backbone_config, config)
-    if path.is_file():
-        return path
-    backbone = load_backbone(backbone_config)
-    layers = backbone.last_layers(config.edited_layers)
-    parts = []
-    for number, source in enumerate(config.sources):
-        split = read_mmedit(source.file, source.task, source.image_root, source.rephrase_image_root)
-        dataset = MMEditDataset(split, config.use_template, config.limit)
-        for start in range(0, len(dataset), config.chunk_records):
-            chunk = path.parent / "chunks" / f"{number:02d}_{start:07d}.pt"
-            if not chunk.is_file():
-                samples = [dataset[i] for i in range(start, min(start + config.chunk_records, len(dataset)))]
-                mine_memory(backbone, layers, samples, source.file, config.max_new_tokens).save(chunk)
-            parts.append(KnowledgeMemory.load(chunk))
-    memory = KnowledgeMemory.concatenate(parts)
-    if len(memory) == 0:
-        raise ValueError(f"the model answers every training question right: no triplets in {config.sources}")
-    memory.save(path)
-    return path
-
-
-def load_memory(backbone: BackboneConfig, config: MemoryConfig) -> KnowledgeMemory:
-    """The cached memory of this backbone and config; it must have been built (by `fit`) before."""
-    return KnowledgeMemory.load(memory_path(backbone, config))
 
 
 class TripletExamples:
@@ -103,9 +25,7 @@ class TripletExamples:
     def __init__(self, config: MemoryConfig, triplets: Sequence[Triplet]) -> None:
         self.triplets = list(triplets)
         self.sources: dict[str, tuple[MMEditDataset, dict[int, int]]] = {}
-        for source in config.sources:
-            split = read_mmedit(source.file, source.task, source.image_root, source.rephrase_image_root)
-            dataset = MMEditDataset(split, config.use_template, config.limit)
+        for source, dataset in zip(config.sources, source_datasets(config), strict=True):
             positions = {record.index: position for position, record in enumerate(dataset.records)}
             self.sources[source.file] = (dataset, positions)
 
@@ -154,7 +74,8 @@ def record_numbers(memory: KnowledgeMemory) -> torch.Tensor:
 
 
 class KnowledgeMemoryDataModule(L.LightningDataModule):
-    """`prepare_data` builds the memory with the base model; `setup` loads it and splits its triplets.
+    """`setup` builds the memory with the base model where it is missing (every process mines its share
+    of it on its own device: see `unike_pl.knowledge.cache`), then loads it and splits its triplets.
     (Editing indexes the memory with FAISS when it starts: see `KnowledgeInjection`.)"""
 
     def __init__(
@@ -180,13 +101,24 @@ class KnowledgeMemoryDataModule(L.LightningDataModule):
         self.memory_config = memory
         self.memory: KnowledgeMemory | None = None
 
-    def prepare_data(self) -> None:
-        build_memory(self.backbone_config, self.memory_config)
-
     def setup(self, stage: str) -> None:
+        # Not in `prepare_data`: that runs on one process per machine, before the devices are set up.
         if self.memory is not None:
             return
-        self.memory = load_memory(self.backbone_config, self.memory_config)
+        trainer = self.trainer
+        if trainer is None:
+            path = build_memory(self.backbone_config, self.memory_config)
+        else:
+            strategy = trainer.strategy
+            path = build_memory(
+                self.backbone_config,
+                self.memory_config,
+                trainer.global_rank,
+                trainer.world_size,
+                strategy.root_device,
+                strategy.barrier,
+            )
+        self.memory = KnowledgeMemory.load(path)
         # Held out by record, not by triplet: the gate is fitted on records none of whose cases were
         # trained on, as the eval edits will be.
         records = record_numbers(self.memory)

@@ -12,7 +12,8 @@ from unike_pl.editing.context import ContextConfig, build_knowledge
 from unike_pl.editing.editor import IntrinsicConfig, UniKEEditor
 from unike_pl.editing.latent import FixedGate, KnowledgeInjection, LatentConfig, LayerKnowledge, SemanticGate
 from unike_pl.editing.unrelated import UnrelatedInputs
-from unike_pl.knowledge.datamodule import MemoryConfig, TripletExamples, load_memory
+from unike_pl.knowledge.cache import MemoryConfig, load_memory
+from unike_pl.knowledge.datamodule import TripletExamples
 from unike_pl.knowledge.encoders import DisentangledEncoders
 from unike_pl.knowledge.memory import KnowledgeMemory
 from unike_pl.ldke.localization import LocalizationConfig, locate
@@ -126,7 +127,9 @@ class EditingModule(EditingLoop):
                 if self.latent.alpha is None
                 else FixedGate(self.latent.alpha)
             )
-            injection = KnowledgeInjection(self.mllm, knowledge, self.latent.top_k, gate)
+            injection = KnowledgeInjection(
+                self.mllm, knowledge, self.latent.top_k, gate, self.memory_config.index
+            )
         choose_layers = None
         if self.localization is not None:
             choose_layers = partial(locate, config=self.localization)
@@ -138,7 +141,7 @@ class EditingModule(EditingLoop):
             self.encoders if self.needs_encoders else None,
             self.unrelated_inputs(memory, layers) if self.intrinsic is not None else None,
             fast_tail=self.hparams.fast_tail,
-            seed=self.hparams.seed,
+            seed=self.seed,
             in_context=in_context,
             neuron_layers=neuron_layers,
             choose_layers=choose_layers,
@@ -146,7 +149,7 @@ class EditingModule(EditingLoop):
 
     def unrelated_inputs(self, memory: KnowledgeMemory, layers: list[int]) -> UnrelatedInputs:
         """A seeded sample of `memory_sample` memory questions: what the new neurons must stay silent on."""
-        generator = torch.Generator().manual_seed(self.hparams.seed)
+        generator = torch.Generator().manual_seed(self.seed)
         rows = torch.randperm(len(memory), generator=generator)[: self.hparams.memory_sample]
         states = {
             kind: {layer: memory.states[layer][kind][rows] for layer in layers} for kind in ("sem", "ffn")

@@ -1,0 +1,160 @@
+"""The knowledge memory's cache: which file a (model, sources, layers) combination gets, and how it is built.
+
+The build is cut into chunks of consecutive records, each saved on its own: an interrupted build resumes at
+the chunks it lacks. With several processes, chunk i is mined by process i mod world size on its own
+device; when all have finished, process 0 joins the chunks in order into the memory file. The chunks are
+the same batches wherever they are mined, so the memory is the same on one process as on several.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+
+from unike_pl.backbones.fingerprint import backbone_fingerprint
+from unike_pl.backbones.loader import BackboneConfig, load_backbone
+from unike_pl.data.cases import MMEditDataset
+from unike_pl.data.mmedit import read_mmedit
+from unike_pl.knowledge.index import IndexConfig
+from unike_pl.knowledge.memory import KnowledgeMemory
+from unike_pl.knowledge.mining import mine_memory
+
+
+@dataclass
+class MemorySource:
+    """One MMEdit training split that the knowledge memory is mined from."""
+
+    file: str
+    image_root: str
+    rephrase_image_root: str
+    task: str = "vqa"
+
+
+@dataclass
+class MemoryConfig:
+    """Where the knowledge memory comes from and where it is cached."""
+
+    sources: list[MemorySource]
+    """Training splits mined for triplets (never the eval split)."""
+    edited_layers: int = 4
+    """States are kept for the last `edited_layers` decoder layers."""
+    cache_dir: str = "runs/knowledge_memory"
+    """Parent folder of the cache; each (model, data, layers) combination gets its own sub-folder. With
+    several machines it must be on a filesystem they share."""
+    use_template: bool = False
+    """Wrap VQA questions as `Question: {} Short answer:` (as the editing run must)."""
+    chunk_records: int = 64
+    """Records mined per cached chunk (one forward batch per evaluation case): an interrupted build
+    resumes at the first missing chunk, and processes share the build chunk by chunk."""
+    max_new_tokens: int = 16
+    """Greedy decoding cap when reading the model's wrong answers."""
+    limit: int | None = None
+    """Mine only the first `limit` records of each source (quick runs and tests)."""
+    index: IndexConfig = field(default_factory=IndexConfig)
+    """How editing searches the memory's keys (not part of the memory: the cache does not depend on it)."""
+
+    def __post_init__(self) -> None:
+        if self.chunk_records < 1:
+            raise ValueError(f"memory.chunk_records must be positive, got {self.chunk_records}")
+
+
+def memory_path(backbone: BackboneConfig, config: MemoryConfig) -> Path:
+    """The cache file of this model, these sources and layers: a change to any of them is a new file."""
+    digest = hashlib.sha256(backbone_fingerprint(backbone).encode())
+    for source in config.sources:
+        digest.update(json.dumps(asdict(source), sort_keys=True).encode())
+        digest.update(hashlib.sha256(Path(source.file).read_bytes()).digest())
+    digest.update(
+        f"layers={config.edited_layers};template={config.use_template};limit={config.limit};"
+        f"tokens={config.max_new_tokens}".encode()
+    )
+    return Path(config.cache_dir) / digest.hexdigest()[:16] / "memory.pt"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Records [start, stop) of source number `source`, cached in `file`."""
+
+    source: int
+    start: int
+    stop: int
+    file: Path
+
+
+def source_datasets(config: MemoryConfig) -> list[MMEditDataset]:
+    """The records of every source, as mining and the triplets' examples read them."""
+    return [
+        MMEditDataset(
+            read_mmedit(source.file, source.task, source.image_root, source.rephrase_image_root),
+            config.use_template,
+            config.limit,
+        )
+        for source in config.sources
+    ]
+
+
+def memory_chunks(path: Path, config: MemoryConfig, datasets: list[MMEditDataset]) -> list[Chunk]:
+    """Every chunk of the build, in memory order. The name holds both bounds, so a build resumed with
+    another `chunk_records` never reads a chunk of other records."""
+    size = config.chunk_records
+    return [
+        Chunk(number, start, stop, path.parent / "chunks" / f"{number:02d}_{start:07d}_{stop:07d}.pt")
+        for number, dataset in enumerate(datasets)
+        for start in range(0, len(dataset), size)
+        for stop in [min(start + size, len(dataset))]
+    ]
+
+
+def build_memory(
+    backbone_config: BackboneConfig,
+    config: MemoryConfig,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | None = None,
+    barrier: Callable[[], None] = lambda: None,
+) -> Path:
+    """Mine this process's share of the missing chunks on `device`, wait for the others (`barrier`), let
+    process 0 join them, and return the memory file (which every process then reads)."""
+    path = memory_path(backbone_config, config)
+    if path.is_file():
+        return path
+    datasets = source_datasets(config)
+    chunks = memory_chunks(path, config, datasets)
+    missing = [chunk for chunk in chunks[rank::world_size] if not chunk.file.is_file()]
+    if missing:
+        backbone = load_backbone(backbone_config)
+        if device is not None:
+            backbone.model.to(device)
+        layers = backbone.last_layers(config.edited_layers)
+        with Progress(disable=rank != 0) as progress:
+            task = progress.add_task(
+                f"mining the knowledge memory ({len(missing)} of {len(chunks)} chunks here)",
+                total=len(missing),
+            )
+            for chunk in missing:
+                dataset = datasets[chunk.source]
+                samples = [dataset[i] for i in range(chunk.start, chunk.stop)]
+                file = config.sources[chunk.source].file
+                mine_memory(backbone, layers, samples, file, config.max_new_tokens).save(chunk.file)
+                progress.advance(task)
+    barrier()
+    if rank == 0:
+        memory = KnowledgeMemory.concatenate([KnowledgeMemory.load(chunk.file) for chunk in chunks])
+        if len(memory) > 0:
+            memory.save(path)
+    barrier()
+    if not path.is_file():
+        files = ", ".join(source.file for source in config.sources)
+        raise ValueError(f"the model answers every training question right: no triplets in {files}")
+    return path
+
+
+def load_memory(backbone: BackboneConfig, config: MemoryConfig) -> KnowledgeMemory:
+    """The cached memory of this backbone and config; it must have been built (by `fit`) before."""
+    return KnowledgeMemory.load(memory_path(backbone, config))
