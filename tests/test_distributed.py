@@ -8,17 +8,25 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
 from tests.helpers import shipped_config, write_config
+from tests.test_mend import mend_config
+from tests.test_pretrain import pretrain_config
 from tests.test_unike import MEMORY_LIMIT, disentangle_config
 from unike_pl.cli import main
 from unike_pl.data.sharding import WholeBatchShards
+from unike_pl.knowledge.encoders import DisentangledEncoders
+from unike_pl.knowledge.memory import STATE_KINDS, KnowledgeMemory
 from unike_pl.metrics import names
+from unike_pl.modules.disentangle import DisentangleModule
 
 RECORDS, SEQUENCE = 7, 2
 
@@ -63,8 +71,20 @@ def per_record_scores(edits: Path) -> dict[int, dict[str, float]]:
 def fitted(tmp_path_factory, small_world, world_model) -> Path:
     """A folder with the knowledge memory and the encoders fitted for one epoch (one process)."""
     root = tmp_path_factory.mktemp("fitted")
-    main(["fit", "--config", str(disentangle_config(root, small_world, world_model, 1))])
+    with one_thread():  # as each of the two processes runs: the mined states are compared bit for bit
+        main(["fit", "--config", str(disentangle_config(root, small_world, world_model, 1))])
     return root
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread, as each process of `on_two_processes` runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def on_two_processes(*args: str) -> None:
@@ -124,14 +144,122 @@ def test_the_encoders_are_scored_on_the_whole_held_out_split_on_two_processes(
             checkpoint,
         )
         main(list(args)) if processes == 1 else on_two_processes(*args)
-        rows = list(csv.DictReader(next((tmp_path / f"logs{processes}").rglob("metrics.csv")).open()))
-        logged[processes] = {
-            key: float(value)
-            for row in rows
-            for key, value in row.items()
-            if value and key.startswith("val/")
-        }
+        logged[processes] = logged_validation(tmp_path / f"logs{processes}")
     keys = ("val/truth_separation", "val/semantic_top1", "val/zeta_map_r2", "val/gate_threshold", "val/loss")
     assert all(key in logged[1] for key in keys)
     for key, value in logged[1].items():
         assert logged[2][key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_two_processes_mine_the_same_memory_as_one(tmp_path, fitted, small_world, world_model):
+    """`fit` on two processes: each mines its share of the chunks (4 chunks here: 2 sources of 6 records
+    in chunks of 4) and process 0 joins them, so the memory equals the one a single process built, tensor
+    for tensor; then the encoders train with the negatives gathered over both."""
+    config = disentangle_config(tmp_path, small_world, world_model, 1)
+    settings = yaml.safe_load(config.read_text())
+    settings["data"]["init_args"]["memory"]["cache_dir"] = str(tmp_path / "memory")
+    settings["data"]["init_args"]["batch_size"] = 2  # a held-out batch for each process
+    on_two_processes("fit", "--config", str(write_config(settings, tmp_path / "mine.yaml")))
+    assert (tmp_path / "runs" / "disentangle" / "checkpoints" / "encoders.ckpt").is_file()  # trained on both
+
+    (single,) = (fitted / "runs" / "knowledge_memory").glob("*/memory.pt")
+    (double,) = (tmp_path / "memory").glob("*/memory.pt")
+    assert single.parent.name == double.parent.name  # the same cache identity
+    chunks = sorted(path.name for path in (double.parent / "chunks").iterdir())
+    assert chunks == [
+        "00_0000000_0000004.pt",
+        "00_0000004_0000006.pt",
+        "01_0000000_0000004.pt",
+        "01_0000004_0000006.pt",
+    ]
+    one, two = KnowledgeMemory.load(single), KnowledgeMemory.load(double)
+    assert len(one) > 4 and one.triplets == two.triplets and one.layers == two.layers
+    for layer in one.layers:
+        for kind in STATE_KINDS:
+            assert torch.equal(one.states[layer][kind], two.states[layer][kind]), (layer, kind)
+
+
+def logged_validation(logs: Path) -> dict[str, float]:
+    """The `val/*` values a CSVLogger wrote under `logs`."""
+    rows = list(csv.DictReader(next(logs.rglob("metrics.csv")).open()))
+    return {
+        key: float(value) for row in rows for key, value in row.items() if value and key.startswith("val/")
+    }
+
+
+def odd_world(world: Path, root: Path) -> Path:
+    """`world` with a validation split of 17 pretraining examples: two whole batches of 8 and one short
+    batch whose caption is the only one (a category that only one process sees)."""
+    odd = root / "world"
+    (odd / "pretrain").mkdir(parents=True)
+    for entry in world.iterdir():
+        if entry.name != "pretrain":
+            (odd / entry.name).symlink_to(entry)
+    (odd / "pretrain" / "pretrain_train.json").symlink_to(world / "pretrain" / "pretrain_train.json")
+    examples = json.loads((world / "pretrain" / "pretrain_val.json").read_text())
+    first = examples[:16]
+    assert all(example["kind"] != "caption" for example in first)
+    caption = next(example for example in examples if example["kind"] == "caption")
+    (odd / "pretrain" / "pretrain_val.json").write_text(json.dumps([*first, caption]))
+    return odd
+
+
+def test_pretraining_validation_is_the_same_on_two_processes(tmp_path, small_world):
+    """One training step at learning rate 0 (the weights stay the starting model's), then validation on
+    17 examples: one process scores 3 batches, two processes 2 and 1, none repeated (Lightning's sampler
+    would score one twice). The loss and every category's exact match are synced, the caption category,
+    which only process 0 sees, included."""
+    world = odd_world(small_world, tmp_path)
+    logged = {}
+    for processes in (1, 2):
+        config = pretrain_config(tmp_path, world, epochs=1)
+        settings = yaml.safe_load(config.read_text())
+        settings["model"]["init_args"]["learning_rate"] = 0.0
+        settings["trainer"].update(limit_train_batches=1, limit_val_batches=1.0)
+        settings["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / f"logs{processes}")
+        args = ("fit", "--config", str(write_config(settings, tmp_path / f"pretrain{processes}.yaml")))
+        if processes == 1:
+            with one_thread():
+                main(list(args))
+        else:
+            on_two_processes(*args)
+        logged[processes] = logged_validation(tmp_path / f"logs{processes}")
+    assert {"val/loss", "val/exact_caption", "val/exact_vqa_colour"} <= set(logged[1])
+    assert sorted(logged[2]) == sorted(logged[1])
+    for key, value in logged[1].items():
+        assert logged[2][key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_mend_fit_validation_finishes_when_one_process_has_nothing_to_score(
+    tmp_path, small_world, world_model
+):
+    """`fit_val_edits: 1` leaves process 1 without a record to score: it still logs (and syncs) the
+    validation metrics instead of leaving process 0 waiting for it."""
+    config = mend_config(tmp_path, small_world, world_model)
+    settings = yaml.safe_load(config.read_text())
+    settings["model"]["init_args"]["fit_val_edits"] = 1
+    settings["data"]["init_args"]["batch_size"] = 1
+    settings["trainer"].update(limit_train_batches=2)
+    on_two_processes("fit", "--config", str(write_config(settings, tmp_path / "mend.yaml")))
+    logged = logged_validation(tmp_path / "runs" / "mend")
+    assert {"val/loss", "val/reliability", "val/t_locality"} <= set(logged)
+
+
+def test_gathered_negatives_give_each_process_the_loss_of_the_whole_step(monkeypatch):
+    """Process 0 of 2 with half of a batch of 8 triplets: with the other half gathered, its contrastive
+    losses are those of the whole batch on one process; without gathering they are not."""
+    generator = torch.Generator().manual_seed(0)
+    batch = {kind: torch.randn(8, 2, 16, generator=generator) for kind in ("sem", "pos", "neg")}
+    module = DisentangleModule(encoder_dim=8)
+    module.encoders = DisentangledEncoders([0, 1], 16, 8)
+    whole = module._losses(module._encode(batch))
+    mine, theirs = ({kind: rows[part] for kind, rows in batch.items()} for part in (slice(0, 4), slice(4, 8)))
+    others = iter(module._encode(theirs).values())  # in the order `_gathered` asks for them
+    monkeypatch.setattr(module, "all_gather", lambda tensor, sync_grads: torch.stack([tensor, next(others)]))
+    module._trainer = SimpleNamespace(world_size=2)
+    gathered = module._losses(module._gathered(module._encode(mine)))
+    for got, expected in zip(gathered, whole, strict=True):
+        assert got.item() == pytest.approx(expected.item(), abs=1e-5)
+    module.hparams.gather_negatives = False
+    alone = module._losses(module._gathered(module._encode(mine)))
+    assert all(abs(a.item() - w.item()) > 1e-3 for a, w in zip(alone, whole, strict=True))

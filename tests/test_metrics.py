@@ -51,6 +51,7 @@ from unike_pl.metrics import (
     read_results,
     sequence_topk_agreement,
     stage_key,
+    target_scorer,
     token_accuracy,
     top_k_predictions,
     write_results,
@@ -282,9 +283,10 @@ def test_generation_match() -> None:
 
 def test_accumulation_over_two_updates() -> None:
     metric = Reliability()
-    metric.update(argmax_logits(ARGMAX), LABELS)  # scores 2/3 and 1
+    score = target_scorer(metric.scorer)
+    metric.update(score(argmax_logits(ARGMAX), LABELS))  # scores 2/3 and 1
     wrong = [[0, 0, 0, 0, 0]]
-    metric.update(argmax_logits(wrong), LABELS[:1])  # score 0
+    metric.update(score(argmax_logits(wrong), LABELS[:1]))  # score 0
     expected = (2 / 3 + 1.0 + 0.0) / 3 * 100
     assert metric.compute().item() == pytest.approx(expected, abs=1e-4)
     assert metric.name == RELIABILITY
@@ -292,7 +294,7 @@ def test_accumulation_over_two_updates() -> None:
 
 def test_exact_match_scorer_is_used() -> None:
     metric = Reliability(EXACT_MATCH)
-    metric.update(argmax_logits(ARGMAX), LABELS)  # exact match: 0 and 1
+    metric.update(target_scorer(metric.scorer)(argmax_logits(ARGMAX), LABELS))  # exact match: 0 and 1
     assert metric.compute().item() == pytest.approx(50.0)
 
 
@@ -334,13 +336,14 @@ def test_locality_metrics() -> None:
     metric = TLocality(SEQUENCE_TOPK, top_k=2)
     pre_topk = top_k_predictions(ranked_logits(PRE_RANKING), 2)
     labels = torch.tensor([[IGNORE, 9, IGNORE]])
-    metric.update(ranked_logits(POST_RANKING), pre_topk, labels, torch.tensor([[1, 1, 0]]))
+    mask = torch.tensor([[1, 1, 0]])
+    metric.update(locality_scores(metric.scorer, ranked_logits(POST_RANKING), pre_topk, labels, mask, 2))
     assert metric.compute().item() == pytest.approx(50.0)
 
 
 def test_generation_accuracy_metric() -> None:
     metric = GenerationAccuracy(RELIABILITY_GEN)
-    metric.update(["The Red!", "blue"], ["red", "green"])
+    metric.update(generation_match(["The Red!", "blue"], ["red", "green"]))
     assert metric.name == RELIABILITY_GEN
     assert metric.compute().item() == pytest.approx(50.0)
     with pytest.raises(ValueError, match="reliability_gen"):
@@ -360,17 +363,20 @@ def test_build_editing_metrics() -> None:
     post, mask = ranked_logits(POST_RANKING), torch.tensor([[1, 1, 0]])
     labels = torch.tensor([[IGNORE, 9, IGNORE]])
     for key in TARGET_METRICS:
-        collection[key].update(argmax_logits(ARGMAX), LABELS)  # exact match 0, 1 -> 50
-    collection[T_LOCALITY].update(post, pre_topk, labels, mask)  # k=1 -> 50
+        collection[key].update(exact_match(argmax_logits(ARGMAX), LABELS))  # exact match 0, 1 -> 50
+    collection[T_LOCALITY].update(locality_scores(SEQUENCE_TOPK, post, pre_topk, labels, mask, 1))  # 50
     for key in GENERATION_METRICS:
-        collection[key].update(["red"], ["red"])  # -> 100
+        collection[key].update(generation_match(["red"], ["red"]))  # -> 100
     for key in NEIGHBOUR_METRICS:
-        collection[key].add(torch.tensor([0.5, 1.0]))  # per-record means, added by the editing loop
+        collection[key].update(torch.tensor([0.5, 1.0]))  # per-record means
     with pytest.raises(RuntimeError, match="m_locality"):
         collection.compute()  # M-Loc has no samples yet
     # M-Loc compares ordered top-10, so it needs a vocabulary of at least 10: identical logits -> 100.
     wide = ranked_logits([[list(range(12)), list(range(11, -1, -1))]])  # (1, 2, 12)
-    collection[M_LOCALITY].update(wide, top_k_predictions(wide, 10), torch.tensor([[IGNORE, 3]]), mask[:, :2])
+    agreement = locality_scores(
+        SEQUENCE_TOPK, wide, top_k_predictions(wide, 10), torch.tensor([[IGNORE, 3]]), mask[:, :2], 10
+    )
+    collection[M_LOCALITY].update(agreement)
     values = {key: value.item() for key, value in collection.compute().items()}
     assert set(values) == set(EDIT_METRICS)
     assert values[RELIABILITY] == pytest.approx(50.0)

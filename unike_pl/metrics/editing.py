@@ -6,7 +6,6 @@ One metric object per anchor (Rel, T-Gen, M-Gen, T-Loc, M-Loc) and, optionally, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -27,7 +26,7 @@ from unike_pl.metrics.names import (
     T_LOCALITY,
     TOKEN_ACCURACY,
 )
-from unike_pl.metrics.scorers import generation_match, locality_scores, target_scorer
+from unike_pl.metrics.scorers import target_scorer
 
 
 class SampleMean(Metric):
@@ -46,8 +45,9 @@ class SampleMean(Metric):
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def _accumulate(self, scores: Tensor) -> None:
-        """Add a batch of per-sample scores, (batch,) floats in [0, 1]."""
+    def update(self, scores: Tensor) -> None:
+        """Add a batch of per-sample scores, (batch,) floats in [0, 1] (computed by `unike_pl.scoring`, or
+        read back from a finished edit's result file)."""
         if scores.dim() != 1:
             raise ValueError(f"{self.name}: scores must be (batch,), got shape {tuple(scores.shape)}")
         if not scores.dtype.is_floating_point:
@@ -59,17 +59,6 @@ class SampleMean(Metric):
         self.total += scores.sum().to(self.total)
         self.count += scores.numel()
 
-    def update(self, scores: Tensor) -> None:
-        """Add a batch of per-sample scores, (batch,) floats in [0, 1]."""
-        self._accumulate(scores)
-
-    def add(self, scores: Tensor) -> None:
-        """Add per-sample scores computed elsewhere (e.g. read back from a finished edit's result file)."""
-        self._accumulate(scores)
-        # What torchmetrics' `update` wrapper does besides: count the update and drop a cached result.
-        self._update_count += 1
-        self._computed = None
-
     def compute(self) -> Tensor:
         """Return the mean score ×100 as a float32 scalar; RuntimeError when nothing was scored."""
         if int(self.count) == 0:
@@ -78,7 +67,8 @@ class SampleMean(Metric):
 
 
 class TargetScore(SampleMean):
-    """Teacher-forced score of the target tokens (Reliability, T-Generality, M-Generality)."""
+    """Teacher-forced score of the target tokens (Reliability, T-Generality, M-Generality); its scores come
+    from `target_scorer(self.scorer)`."""
 
     name: ClassVar[str] = "target_score"
 
@@ -88,12 +78,8 @@ class TargetScore(SampleMean):
             scorer: target scorer, `token_accuracy` (mean over target tokens) or `exact_match` (all right).
         """
         super().__init__(**kwargs)
+        target_scorer(scorer)  # ValueError listing the valid names
         self.scorer = scorer
-        self._score = target_scorer(scorer)  # ValueError listing the valid names
-
-    def update(self, logits: Tensor, labels: Tensor) -> None:  # type: ignore[override]
-        """Score `logits` (batch, seq, vocab) against `labels` (batch, seq), -100 outside the target."""
-        self._accumulate(self._score(logits, labels))
 
 
 class Reliability(TargetScore):
@@ -115,7 +101,8 @@ class MGenerality(TargetScore):
 
 
 class LocalityScore(SampleMean):
-    """Agreement of post-edit with cached pre-edit predictions on unrelated inputs."""
+    """Agreement of post-edit with cached pre-edit predictions on unrelated inputs; its scores come from
+    `locality_scores(self.scorer, …, self.top_k)`."""
 
     name: ClassVar[str] = "locality_score"
 
@@ -135,14 +122,6 @@ class LocalityScore(SampleMean):
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.scorer = scorer
         self.top_k = top_k
-
-    def update(  # type: ignore[override]
-        self, post_logits: Tensor, pre_topk: Tensor, labels: Tensor, attention_mask: Tensor
-    ) -> None:
-        """Score `post_logits` (batch, seq, vocab) against `pre_topk` (batch, seq, >= k) pre-edit top ids."""
-        self._accumulate(
-            locality_scores(self.scorer, post_logits, pre_topk, labels, attention_mask, self.top_k)
-        )
 
 
 class TLocality(LocalityScore):
@@ -169,7 +148,7 @@ class MLocality(LocalityScore):
 
 class RelatedAccuracy(SampleMean):
     """Related-context accuracy (LDKE's Causal Misalignment): questions the edit implies answer the truth.
-    A record's score is the mean over its related questions, added with `add` by the editing loop."""
+    A record's score is the mean over its related questions."""
 
     name: ClassVar[str] = RELATED_ACCURACY
 
@@ -177,13 +156,14 @@ class RelatedAccuracy(SampleMean):
 class HardLocality(SampleMean):
     """Hard-locality retention (LDKE's Feature Entanglement): close out-of-scope inputs (same image with
     another question, a similar scene with the same question) keep their pre-edit predictions. A record's
-    score is the mean over its hard neighbours, added with `add` by the editing loop."""
+    score is the mean over its hard neighbours."""
 
     name: ClassVar[str] = HARD_LOCALITY
 
 
 class GenerationAccuracy(SampleMean):
-    """Greedy-decoding accuracy: normalised string match of the generation with the target."""
+    """Greedy-decoding accuracy: normalised string match of the generation with the target (the scores of
+    `generation_match`)."""
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         """
@@ -196,10 +176,6 @@ class GenerationAccuracy(SampleMean):
                 f"unknown generation metric {name!r}; valid names: {', '.join(GENERATION_METRICS)}"
             )
         self.name = name  # type: ignore[misc]
-
-    def update(self, generated: Sequence[str], targets: Sequence[str]) -> None:  # type: ignore[override]
-        """Score decoded strings (already cut at EOS or newline) against their targets."""
-        self._accumulate(generation_match(generated, targets).to(self.total.device))
 
 
 def build_editing_metrics(

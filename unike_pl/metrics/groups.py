@@ -15,7 +15,7 @@ from unike_pl.metrics.names import RECORDS
 def add_scores(metrics: MetricCollection, scores: Mapping[str, Tensor]) -> None:
     """Add per-sample scores to the metrics of the same keys."""
     for key, values in scores.items():
-        metrics[key].add(values.to(metrics[key].total.device))
+        metrics[key].update(values.to(metrics[key].total.device))
 
 
 class GroupedMetrics(nn.Module):

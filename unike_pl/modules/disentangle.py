@@ -14,6 +14,7 @@ from unike_pl.knowledge.contrastive import semantic_loss, truthfulness_loss
 from unike_pl.knowledge.datamodule import KnowledgeMemoryDataModule
 from unike_pl.knowledge.encoders import DisentangledEncoders
 from unike_pl.knowledge.gate import fit_threshold, relevance_pairs
+from unike_pl.metrics.validation import ValidationMeans
 
 PROGRESS = ("truth_separation", "semantic_top1", "gate_out_of_scope")
 """Validation scores shown in the progress bar."""
@@ -25,17 +26,27 @@ class DisentangleModule(L.LightningModule):
     records. The checkpoint holds all of it (`encoders.*`), which is what an EditingModule loads with
     `validate --ckpt_path`."""
 
-    def __init__(self, encoder_dim: int = 64, temperature: float = 0.1, learning_rate: float = 1e-4) -> None:
+    def __init__(
+        self,
+        encoder_dim: int = 64,
+        temperature: float = 0.1,
+        learning_rate: float = 1e-4,
+        gather_negatives: bool = True,
+    ) -> None:
         """
         Args:
             encoder_dim: size of the truthfulness and semantic spaces.
             temperature: τ of both InfoNCE losses.
             learning_rate: Adam learning rate (the paper's 1e-4).
+            gather_negatives: with several processes, each training batch is contrasted with the other
+                processes' batches too (their encodings gathered with gradients), as one process would
+                contrast a batch of them all; False keeps each process's negatives its own.
         """
         super().__init__()
         self.save_hyperparameters()
         self.encoders: DisentangledEncoders | None = None
         self._val: list[dict[str, torch.Tensor]] = []
+        self.val_losses = ValidationMeans(("loss",))
 
     @property
     def data(self) -> KnowledgeMemoryDataModule:
@@ -73,8 +84,15 @@ class DisentangleModule(L.LightningModule):
         )
         return truth.mean(), sem.mean()
 
+    def _gathered(self, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The encodings of every process's batch, this process's with their gradients (each process then
+        computes the loss of the whole step's batch; DDP's gradient mean gives that loss's gradient)."""
+        if not self.hparams.gather_negatives or self.trainer.world_size == 1:
+            return z
+        return {key: self.all_gather(value, sync_grads=True).flatten(0, 1) for key, value in z.items()}
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        truth, sem = self._losses(self._encode(batch))
+        truth, sem = self._losses(self._gathered(self._encode(batch)))
         size = len(batch["sem"])
         self.log("train/truth_loss", truth, batch_size=size)
         self.log("train/semantic_loss", sem, batch_size=size)
@@ -93,7 +111,7 @@ class DisentangleModule(L.LightningModule):
         z = self._encode(batch)
         if len(batch["sem"]) >= 2:
             truth, sem = self._losses(z)
-            self.log("val/loss", truth + sem, prog_bar=True, batch_size=len(batch["sem"]), sync_dist=True)
+            self.val_losses.update("loss", truth + sem, len(batch["sem"]))
         kept = {key: batch[key] for key in ("pos", "neg", "record", "in_scope", "is_edit")}
         self._val.append({k: v.detach() for k, v in {**z, **kept}.items()})
 
@@ -117,6 +135,7 @@ class DisentangleModule(L.LightningModule):
             self.log(f"val/{name}", torch.stack(values).mean(), prog_bar=name in PROGRESS)
         for name, value in self._fit_gate(z).items():
             self.log(f"val/{name}", value, prog_bar=name in PROGRESS)
+        self.val_losses.log(self, prog_bar=("loss",))
         self._val = []
 
     def _truth_separation(self, z: dict[str, torch.Tensor], i: int) -> torch.Tensor:

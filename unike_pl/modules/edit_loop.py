@@ -56,6 +56,8 @@ class EditingLoop(BackboneModule):
     ) -> None:
         super().__init__(backbone)
         self.scoring = scoring or ScoringConfig()
+        self.edits_dir = edits_dir
+        self.seed = seed
         self.editor: Editor | None = None
         self.store: EditResultStore | None = None
         self.pre_edit_cache: PreEditCache | None = None
@@ -89,8 +91,8 @@ class EditingLoop(BackboneModule):
         self.editor = self.build_editor()
         self.gate.reset()
         data_settings = self.trainer.datamodule.result_settings()
-        if self.hparams.get("edits_dir") is not None:
-            self.store = EditResultStore(self.hparams.edits_dir, {**self.result_settings(), **data_settings})
+        if self.edits_dir is not None:
+            self.store = EditResultStore(self.edits_dir, {**self.result_settings(), **data_settings})
         if self.scoring.pre_edit_cache is not None:
             files = [data_settings.get("eval_file"), data_settings.get("cross_task_file")]
             key = {

@@ -25,6 +25,7 @@ from unike_pl.metrics import names
 from unike_pl.metrics.editing import SampleMean
 from unike_pl.metrics.groups import add_scores
 from unike_pl.metrics.scorers import locality_scores, target_scorer, top_k_predictions
+from unike_pl.metrics.validation import ValidationMeans
 from unike_pl.modules.edit_loop import TrainedEditingLoop, weights_fingerprint
 from unike_pl.scoring import PRE_EDIT_TOP_K, ScoringConfig
 
@@ -80,6 +81,7 @@ class MENDModule(TrainedEditingLoop):
             prefix="val/",
             compute_groups=False,
         )
+        self.fit_loss = ValidationMeans(("loss",))
 
     def configure_model(self) -> None:
         super().configure_model()
@@ -149,7 +151,10 @@ class MENDModule(TrainedEditingLoop):
 
     # --- validation: a cheap signal inside fit, the shared editing loop otherwise ----------------------
     def fit_validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if batch_idx * len(batch["record"]) >= self.hparams.fit_val_edits:
+        # The first `fit_val_edits` records of the split, wherever they are: batch i of process r is the
+        # split's batch i · world + r (whole batches are dealt out in turn).
+        first = (batch_idx * self.trainer.world_size + self.global_rank) * len(batch["record"])
+        if first >= self.hparams.fit_val_edits:
             return
         out = self._edited_cases(batch)
         scorer = target_scorer(self.scoring.target_scorer)
@@ -168,9 +173,14 @@ class MENDModule(TrainedEditingLoop):
                 names.LOCALITY_TOP_K[metric],
             )
         add_scores(self.fit_metrics, {key: value.float() for key, value in scores.items()})
-        size = len(batch["record"])
-        self.log("val/loss", out["loss"], prog_bar=True, batch_size=size)
-        self.log_dict(self.fit_metrics, batch_size=size)
+        self.fit_loss.update("loss", out["loss"], len(batch["record"]))
+
+    def on_validation_epoch_end(self) -> None:
+        # Logged here, by every process, even one whose batches all lay past `fit_val_edits`: the metrics'
+        # states are summed over the processes when they are computed.
+        if self.fitting:
+            self.fit_loss.log(self, prog_bar=("loss",))
+            self.log_dict(self.fit_metrics)
 
     # --- editing ---------------------------------------------------------------------------------------
     def build_editor(self) -> MENDEditor:

@@ -10,6 +10,7 @@ from torchmetrics import MeanMetric
 
 from unike_pl.backbones.loader import BackboneConfig
 from unike_pl.ldke.router import KINDS, DisentanglementClassifier, RouterConfig, batch_features, routing_loss
+from unike_pl.metrics.validation import ValidationMeans
 from unike_pl.modules.backbone_module import BackboneModule
 
 CLASSIFIER = "classifier."
@@ -33,6 +34,7 @@ class DisentanglementClassifierModule(BackboneModule):
         self.save_hyperparameters()
         self.router = router or RouterConfig()
         self.classifier: DisentanglementClassifier | None = None
+        self.val_losses = ValidationMeans(("loss",))
         self.routed = torch.nn.ModuleDict(
             {
                 f"{stage}_routed": torch.nn.ModuleDict(
@@ -57,7 +59,10 @@ class DisentanglementClassifierModule(BackboneModule):
         edits, inputs = batch_features(self.mllm, batch, self.router.feature_layer)
         out = routing_loss(self.classifier, edits, inputs, self.router.threshold)
         records = len(edits)
-        self.log(f"{stage}/loss", out.loss, batch_size=records, prog_bar=True)
+        if stage == "val":
+            self.val_losses.update("loss", out.loss, records)
+        else:
+            self.log("train/loss", out.loss, batch_size=records, prog_bar=True)
         metrics = self.routed[f"{stage}_routed"]
         for kind, correct in {**out.routed, "other_edits": out.other_edits}.items():
             metrics[kind].update(correct.float())
@@ -69,6 +74,9 @@ class DisentanglementClassifierModule(BackboneModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_losses.log(self, prog_bar=("loss",))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.classifier.parameters(), lr=self.router.learning_rate)

@@ -19,6 +19,7 @@ from unike_pl.editing.serac import (
     scope_loss,
 )
 from unike_pl.metrics import names
+from unike_pl.metrics.validation import ValidationMeans
 from unike_pl.modules.edit_loop import TrainedEditingLoop, weights_fingerprint
 from unike_pl.scoring import ScoringConfig
 
@@ -57,6 +58,15 @@ class SERACModule(TrainedEditingLoop):
         self.counterfactual = counterfactual or CounterfactualConfig()
         self.scope_classifier: ScopeClassifier | None = None
         self.counterfactual_model: Backbone | None = None
+        self.fit_means = ValidationMeans(
+            (
+                "loss",
+                *(f"scope_{case}" for case in names.CASES),
+                "scope_accuracy",
+                "counterfactual_accuracy",
+                "counterfactual_locality",
+            )
+        )
         self.register_buffer("trained", torch.tensor(False))
 
     def configure_model(self) -> None:
@@ -97,14 +107,19 @@ class SERACModule(TrainedEditingLoop):
         # While fitting: a cheap signal instead of editing (routing and counterfactual answers).
         losses = self._losses(batch)
         size = len(batch["record"])
-        self.log("val/loss", losses["loss"], prog_bar=True, batch_size=size)
+        means = self.fit_means
+        means.update("loss", losses["loss"], size)
         routed = losses["routed"]
         for case, correct in routed.items():
-            self.log(f"val/scope_{case}", correct.float().mean() * 100, batch_size=size)
+            means.update(f"scope_{case}", correct.float() * 100)
         accuracy = torch.stack([c.float().mean() for c in routed.values()]).mean() * 100
-        self.log("val/scope_accuracy", accuracy, prog_bar=True, batch_size=size)
-        self.log("val/counterfactual_accuracy", losses["target_accuracy"] * 100, batch_size=size)
-        self.log("val/counterfactual_locality", losses["locality_agreement"] * 100, batch_size=size)
+        means.update("scope_accuracy", accuracy, size)
+        means.update("counterfactual_accuracy", losses["target_accuracy"] * 100, size)
+        means.update("counterfactual_locality", losses["locality_agreement"] * 100, size)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.fitting:
+            self.fit_means.log(self, prog_bar=("loss", "scope_accuracy"))
 
     # --- training ------------------------------------------------------------------------------------
     def _losses(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from unike_pl.backbones.encoding import Example, PromptEncoder
 from unike_pl.backbones.loader import BackboneConfig, load_encoder
 from unike_pl.data.cases import open_image
+from unike_pl.data.sharding import eval_sampler
 from unike_pl.world.confusions import perceive
 from unike_pl.world.context import IMAGE_ROOT
 from unike_pl.world.scenes import HEAD_ATTRIBUTES, VOCABULARY, Scene
@@ -177,9 +178,12 @@ class WorldPretrainDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
-        order = None
-        if shuffle and self.group_by_length:
-            order = LengthGroupedOrder(dataset.text_lengths(), self.batch_size)
+        if shuffle:
+            order = (
+                LengthGroupedOrder(dataset.text_lengths(), self.batch_size) if self.group_by_length else None
+            )
+        else:  # validation: every example once over all processes (Lightning's sampler would repeat some)
+            order = eval_sampler(dataset, self.batch_size, self.trainer)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
-from torchmetrics import MeanMetric
 
 from unike_pl.backbones.loader import Backbone
 from unike_pl.hooks import capture_output
 from unike_pl.losses import answer_loss_sum
 from unike_pl.metrics.scorers import exact_match
+from unike_pl.metrics.validation import ValidationMeans
 from unike_pl.world.incontext import CAPTION, CONTEXT_KINDS, RETAIN
 from unike_pl.world.scenes import ASKED_ATTRIBUTES, HEAD_ATTRIBUTES, VOCABULARY
 
@@ -46,7 +46,8 @@ class WorldTraining(L.LightningModule):
         """
         super().__init__()
         self.backbone: Backbone | None = None
-        self.exact = nn.ModuleDict({category: MeanMetric() for category in CATEGORIES})
+        self.val_losses = ValidationMeans(("loss", "attribute_loss"))
+        self.exact = ValidationMeans(CATEGORIES, prefix="val/exact_")
         # A vision stack trained from scratch learns only slowly through the language loss alone; these
         # heads predict each scene attribute from its mean-pooled tokens. They are never exported.
         self.attribute_heads = nn.ModuleDict(
@@ -78,8 +79,12 @@ class WorldTraining(L.LightningModule):
                 self._update_accuracy(logits, group)
         loss = total / tokens
         size = sum(len(g["categories"]) for g in batch.values())
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size)
-        self.log(f"{stage}/attribute_loss", attribute_loss, batch_size=size)
+        if stage == "val":
+            self.val_losses.update("loss", loss, size)
+            self.val_losses.update("attribute_loss", attribute_loss, size)
+        else:
+            self.log("train/loss", loss, prog_bar=True, batch_size=size)
+            self.log("train/attribute_loss", attribute_loss, batch_size=size)
         return loss + self.hparams.attribute_loss_weight * attribute_loss
 
     def _check_length(self, group: dict[str, Any]) -> None:
@@ -105,7 +110,7 @@ class WorldTraining(L.LightningModule):
     def _update_accuracy(self, logits: torch.Tensor, group: dict[str, Any]) -> None:
         scores = exact_match(logits, group["inputs"]["labels"])
         for category, score in zip(group["categories"], scores, strict=True):
-            self.exact[category].update(score)
+            self.exact.update(category, score * 100)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._loss(batch, "train")
@@ -114,10 +119,8 @@ class WorldTraining(L.LightningModule):
         self._loss(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        for category, metric in self.exact.items():
-            if metric.update_count:
-                self.log(f"val/exact_{category}", metric.compute() * 100)
-            metric.reset()
+        self.val_losses.log(self, prog_bar=("loss",))
+        self.exact.log(self)
 
     def configure_optimizers(self) -> dict[str, Any]:
         trained = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
