@@ -161,14 +161,14 @@ def test_collate_builds_five_batches(mmedit_dir, tiny_models):
     encoder = load_encoder(BackboneConfig(str(tiny_models["blip2"]), local_files_only=True))
     dataset = MMEditDataset(read(mmedit_dir), use_template=False)
     batch = EditCollator(encoder)([dataset[0], dataset[3]])
-    assert batch["record"].tolist() == [0, 3]
-    assert set(batch["cases"]) == set(names.CASES)
-    assert "pixel_values" not in batch["cases"][names.TEXT_LOCALITY]
+    assert batch.record.tolist() == [0, 3]
+    assert set(batch.cases) == set(names.CASES)
+    assert "pixel_values" not in batch.cases[names.TEXT_LOCALITY]
     for case in names.CASES:
-        encoded = batch["cases"][case]
+        encoded = batch.cases[case]
         assert encoded["input_ids"].shape == encoded["labels"].shape
         assert ((encoded["labels"] != -100).sum(-1) > 0).all()
-    assert batch["targets"][names.EDIT] == ["red", "purple"]
+    assert batch.targets[names.EDIT] == ["red", "purple"]
 
 
 def test_unknown_task(mmedit_dir):

@@ -17,7 +17,7 @@ from unike_pl.callbacks.report import collect_group_scores, scores_table
 from unike_pl.cli import main
 from unike_pl.compare.table import csv_table, markdown_table, run_row
 from unike_pl.data import MMEditDataset, MMEditFormatError, read_mmedit
-from unike_pl.data.cases import CrossTaskDataset
+from unike_pl.data.cases import CrossTaskDataset, EditBatch
 from unike_pl.editing.finetune import FineTuneEditor
 from unike_pl.metrics import GroupedMetrics, GroupScores, build_editing_metrics, names, read_results
 from unike_pl.metrics.results import write_results
@@ -79,16 +79,14 @@ def test_a_bad_group_names_file_record_and_field(mmedit_dir, value, message):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def hand_batch(groups: list, related: list[bool]) -> dict:
+def hand_batch(groups: list, related: list[bool]) -> EditBatch:
     """The parts of a collated batch that grouping reads: each record's group and which records have
     related questions (hard neighbours: every record)."""
-    return {
-        "group": groups,
-        "neighbours": {
-            names.RELATED: [object() if has else None for has in related],
-            names.HARD_NEIGHBOURS: [object() for _ in groups],
-        },
+    neighbours = {
+        names.RELATED: [{} if has else None for has in related],
+        names.HARD_NEIGHBOURS: [{} for _ in groups],
     }
+    return EditBatch(torch.arange(len(groups)), groups, {}, {}, neighbours)
 
 
 def test_per_group_metrics_are_the_means_of_their_records():
@@ -116,7 +114,7 @@ def test_per_group_metrics_are_the_means_of_their_records():
         ),
     ]
     for batch, scores in batches:
-        metrics.add(scores, batch["group"], score_groups(batch, scores))
+        metrics.add(scores, batch.group, score_groups(batch, scores))
     logged = {name: float(metric.compute()) for name, metric in metrics.logged()}
     by_hand = {
         # all five records (E has no group: it counts here only)
@@ -148,7 +146,7 @@ def test_scores_of_a_group_the_metrics_do_not_hold_are_refused():
     batch = hand_batch([UNSEEN], [False])
     scores = {names.RELIABILITY: torch.tensor([1.0])}
     with pytest.raises(ValueError, match=r"group\(s\) \['unseen-rule'\] were scored"):
-        metrics.add(scores, batch["group"], score_groups(batch, scores))
+        metrics.add(scores, batch.group, score_groups(batch, scores))
     with pytest.raises(ValueError, match="distinct non-empty names"):
         metrics.set_groups([SEEN, SEEN])
     with pytest.raises(ValueError, match="'related_accuracy' has 1 entries for 0 scored records"):
@@ -160,7 +158,7 @@ def test_data_without_groups_logs_the_scores_and_the_records_scored():
     metrics.set_groups([])
     batch = hand_batch([None, None], [False, False])
     scores = {names.RELIABILITY: torch.tensor([1.0, 0.5])}
-    metrics.add(scores, batch["group"], score_groups(batch, scores))
+    metrics.add(scores, batch.group, score_groups(batch, scores))
     assert [(name, float(metric.compute())) for name, metric in metrics.logged()] == [
         ("val/reliability", 75.0),
         ("val/records", 2.0),

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from unike_pl.backbones.loader import Backbone
+from unike_pl.data.cases import EditBatch
 from unike_pl.editing.base import AnsweringModel
 from unike_pl.metrics import names
 from unike_pl.metrics.scorers import generation_match, locality_scores, target_scorer, top_k_predictions
@@ -54,31 +55,30 @@ record, a (neighbours, seq, k) tensor or None."""
 
 
 @torch.no_grad()
-def pre_edit_predictions(backbone: Backbone, batch: Mapping[str, Any]) -> PreEdit:
+def pre_edit_predictions(backbone: Backbone, batch: EditBatch) -> PreEdit:
     """Ordered top-k ids of the unedited model on the locality cases and the hard neighbours."""
     predictions: PreEdit = {
-        case: top_k_predictions(backbone(batch["cases"][case]), PRE_EDIT_TOP_K)
-        for case in names.LOCALITY_CASES
+        case: top_k_predictions(backbone(batch.cases[case]), PRE_EDIT_TOP_K) for case in names.LOCALITY_CASES
     }
     predictions[names.HARD_NEIGHBOURS] = [
         None if group is None else top_k_predictions(backbone(group), PRE_EDIT_TOP_K)
-        for group in batch["neighbours"][names.HARD_NEIGHBOURS]
+        for group in batch.neighbours[names.HARD_NEIGHBOURS]
     ]
     return predictions
 
 
 @torch.no_grad()
-def target_scores(model: AnsweringModel, batch: Mapping[str, Any], scoring: ScoringConfig) -> Scores:
+def target_scores(model: AnsweringModel, batch: EditBatch, scoring: ScoringConfig) -> Scores:
     """Rel / T-Gen / M-Gen (and their generation accuracies) of every sample."""
     scorer = target_scorer(scoring.target_scorer)
     scores: Scores = {}
     for case in names.TARGET_CASES:
-        encoded = batch["cases"][case]
+        encoded = batch.cases[case]
         scores[names.CASE_METRIC[case]] = scorer(model(encoded), encoded["labels"]).float().cpu()
         if scoring.generation:
             answers = model.generate_answers(encoded, scoring.max_new_tokens)
             scores[names.CASE_GENERATION_METRIC[case]] = generation_match(
-                answers, batch["targets"][case]
+                answers, batch.targets[case]
             ).float()
     return scores
 
@@ -86,13 +86,13 @@ def target_scores(model: AnsweringModel, batch: Mapping[str, Any], scoring: Scor
 @torch.no_grad()
 def locality_scores_after_edit(
     model: AnsweringModel,
-    batch: Mapping[str, Any],
+    batch: EditBatch,
     scoring: ScoringConfig,
     pre_topk: PreEdit,
 ) -> Scores:
     """T-Loc / M-Loc of every sample: post-edit predictions against the cached pre-edit ones."""
     return {
-        names.CASE_METRIC[case]: _locality(model, batch["cases"][case], pre_topk[case], case, scoring)
+        names.CASE_METRIC[case]: _locality(model, batch.cases[case], pre_topk[case], case, scoring)
         for case in names.LOCALITY_CASES
     }
 
@@ -120,13 +120,13 @@ def _locality(
 
 
 @torch.no_grad()
-def related_scores(model: AnsweringModel, batch: Mapping[str, Any], scoring: ScoringConfig) -> Scores:
+def related_scores(model: AnsweringModel, batch: EditBatch, scoring: ScoringConfig) -> Scores:
     """Related-context accuracy: the target scorer against the truth the edit implies, the mean over each
     record's related questions. Only records that have them are scored (one score per such record)."""
     scorer = target_scorer(scoring.target_scorer)
     related = [
         scorer(model(group), group["labels"]).float().mean().cpu()
-        for group in batch["neighbours"][names.RELATED]
+        for group in batch.neighbours[names.RELATED]
         if group is not None
     ]
     return {names.RELATED_ACCURACY: torch.stack(related)} if related else {}
@@ -134,11 +134,11 @@ def related_scores(model: AnsweringModel, batch: Mapping[str, Any], scoring: Sco
 
 @torch.no_grad()
 def neighbour_scores(
-    model: AnsweringModel, batch: Mapping[str, Any], scoring: ScoringConfig, pre_topk: PreEdit
+    model: AnsweringModel, batch: EditBatch, scoring: ScoringConfig, pre_topk: PreEdit
 ) -> Scores:
     """Related-context accuracy and hard-locality retention (the locality scorer against pre-edit
     predictions, the mean over each record's hard neighbours), for the records that have them."""
-    groups = batch["neighbours"][names.HARD_NEIGHBOURS]
+    groups = batch.neighbours[names.HARD_NEIGHBOURS]
     hard = [
         _locality(model, group, pre, names.HARD_NEIGHBOURS, scoring).mean()
         for group, pre in zip(groups, pre_topk[names.HARD_NEIGHBOURS], strict=True)
@@ -151,12 +151,12 @@ def neighbour_scores(
 
 
 @torch.no_grad()
-def locality_answer_scores(backbone: Backbone, batch: Mapping[str, Any], scoring: ScoringConfig) -> Scores:
+def locality_answer_scores(backbone: Backbone, batch: EditBatch, scoring: ScoringConfig) -> Scores:
     """Accuracy of the model on the locality questions' own answers (a base-model property)."""
     scorer = target_scorer(scoring.target_scorer)
     scores: Scores = {}
     for case in names.LOCALITY_CASES:
-        encoded = batch["cases"][case]
+        encoded = batch.cases[case]
         scores[names.CASE_ANSWER_METRIC[case]] = scorer(backbone(encoded), encoded["labels"]).float().cpu()
     return scores
 
@@ -164,17 +164,17 @@ def locality_answer_scores(backbone: Backbone, batch: Mapping[str, Any], scoring
 NEIGHBOUR_CASE_OF_METRIC = {names.CASE_METRIC[case]: case for case in names.NEIGHBOUR_CASES}
 
 
-def score_groups(batch: Mapping[str, Any], scores: Mapping[str, torch.Tensor]) -> dict[str, list[str | None]]:
+def score_groups(batch: EditBatch, scores: Mapping[str, torch.Tensor]) -> dict[str, list[str | None]]:
     """The record group of every entry of every score: one entry per record of the batch, except for the
     neighbour metrics, which score only the records that have inputs of their case (`neighbour_scores`)."""
     groups: dict[str, list[str | None]] = {}
     for key, values in scores.items():
         case = NEIGHBOUR_CASE_OF_METRIC.get(key)
         if case is None:
-            entries = list(batch["group"])
+            entries = list(batch.group)
         else:
-            inputs = batch["neighbours"][case]
-            entries = [group for group, own in zip(batch["group"], inputs, strict=True) if own is not None]
+            inputs = batch.neighbours[case]
+            entries = [group for group, own in zip(batch.group, inputs, strict=True) if own is not None]
         if len(entries) != len(values):
             raise ValueError(f"score {key!r} has {len(values)} entries for {len(entries)} scored records")
         groups[key] = entries

@@ -149,24 +149,54 @@ class CrossTaskDataset(Dataset):
         ]
 
 
+@dataclass
+class EditBatch:
+    """Edit records as the loops read them: per case one encoded batch over the records (`cases[case]`:
+    input ids, labels, pixels, prompt lengths and the examples), their raw targets (for generation), and
+    per neighbour case one encoded batch per record (None where it has none)."""
+
+    record: torch.Tensor
+    """(records,): each record's number in its split (or its place in a cross-task stream)."""
+    group: list[str | None]
+    """Each record's labelled group (None where the data has none)."""
+    cases: dict[str, dict[str, Any]]
+    targets: dict[str, list[str]]
+    neighbours: dict[str, list[dict[str, Any] | None]]
+
+    def __len__(self) -> int:
+        return len(self.record)
+
+    def select(self, index: int, encoder: PromptEncoder) -> EditBatch:
+        """Record `index` as a batch of one, every case included."""
+        return EditBatch(
+            self.record[index : index + 1],
+            self.group[index : index + 1],
+            {
+                case: select_sample(encoded, index, encoder.layout, encoder.config)
+                for case, encoded in self.cases.items()
+            },
+            {case: targets[index : index + 1] for case, targets in self.targets.items()},
+            {case: groups[index : index + 1] for case, groups in self.neighbours.items()},
+        )
+
+
 class EditCollator:
-    """Batches samples into one encoded batch per case, with the raw targets kept for generation.
-    Neighbour cases stay per record: a list with, per sample, its examples encoded as one batch (None
-    when it has none)."""
+    """Batches samples into an `EditBatch`: one encoded batch per case, with the raw targets kept for
+    generation; neighbour cases stay per record."""
 
     def __init__(self, encoder: PromptEncoder) -> None:
         self.encoder = encoder
 
-    def __call__(self, samples: Sequence[EditSample]) -> dict[str, Any]:
-        return {
-            "record": torch.tensor([s.record for s in samples]),
-            "group": [s.group for s in samples],
-            "cases": {
+    def __call__(self, samples: Sequence[EditSample]) -> EditBatch:
+        return EditBatch(
+            record=torch.tensor([s.record for s in samples]),
+            group=[s.group for s in samples],
+            cases={
                 case: self.encoder.encode([s.cases[case] for s in samples], keep_examples=True)
                 for case in names.CASES
             },
-            "targets": {case: [s.cases[case].target for s in samples] for case in names.CASES},
-            "neighbours": {
+            targets={case: [s.cases[case].target for s in samples] for case in names.CASES},
+            neighbours={
                 case: [
                     self.encoder.encode(s.neighbours[case], keep_examples=True)
                     if s.neighbours[case]
@@ -175,18 +205,4 @@ class EditCollator:
                 ]
                 for case in names.NEIGHBOUR_CASES
             },
-        }
-
-
-def select_record(batch: dict[str, Any], index: int, encoder: PromptEncoder) -> dict[str, Any]:
-    """Record `index` of a collated batch as a batch of one, every case included."""
-    return {
-        "record": batch["record"][index : index + 1],
-        "group": batch["group"][index : index + 1],
-        "cases": {
-            case: select_sample(encoded, index, encoder.layout, encoder.config)
-            for case, encoded in batch["cases"].items()
-        },
-        "targets": {case: targets[index : index + 1] for case, targets in batch["targets"].items()},
-        "neighbours": {case: groups[index : index + 1] for case, groups in batch["neighbours"].items()},
-    }
+        )

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unike_pl.backbones.loader import Backbone
+from unike_pl.data.cases import EditBatch
 from unike_pl.editing.base import AnsweringModel, Editor, EditReport
 from unike_pl.editing.routing import EditRouter, RoutedAnswers, WholeBatch
 from unike_pl.knowledge.states import prompt_states
@@ -50,9 +51,7 @@ class RouterConfig:
     """AdamW learning rate."""
 
 
-def router_features(
-    backbone: Backbone, batch: Mapping[str, Any], layer: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def router_features(backbone: Backbone, batch: EditBatch, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The original model's logits on `batch` and its router features (batch, 3 * hidden + 1):
     image mean, text mean, last prompt state, has-image flag."""
     read = prompt_states(backbone, batch, layer)
@@ -111,7 +110,7 @@ class RoutedEditor(Editor):
         # One edited model holds every edit: all routed rows take this one path.
         self.edited = WholeBatch(inner.answering)
 
-    def features(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, batch: EditBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return router_features(self.backbone, batch, self.config.feature_layer)
 
     def edit(self, inputs: Mapping[str, Any]) -> EditReport:
@@ -125,7 +124,7 @@ class RoutedEditor(Editor):
         self.inner.restore()
         self.router.clear()
 
-    def gate_values(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+    def gate_values(self, batch: EditBatch) -> dict[str, torch.Tensor] | None:
         """The inner editor's gate: what its latent knowledge lets in on the edited path."""
         return self.inner.gate_values(batch)
 
@@ -152,19 +151,17 @@ class RoutingLoss:
 
 
 @torch.no_grad()
-def batch_features(
-    backbone: Backbone, batch: Mapping[str, Any], layer: int
-) -> tuple[torch.Tensor, dict[str, Any]]:
+def batch_features(backbone: Backbone, batch: EditBatch, layer: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """Router features of a collated batch: the edits' (records, features) and, per kind of input, the
     rows and the record each row belongs to."""
     inputs: dict[str, Any] = {}
     for case in names.CASES:
-        features = router_features(backbone, batch["cases"][case], layer)[1]
+        features = router_features(backbone, batch.cases[case], layer)[1]
         inputs[case] = (features, torch.arange(len(features), device=features.device))
     for case in names.NEIGHBOUR_CASES:
         groups = [
             (router_features(backbone, group, layer)[1], record)
-            for record, group in enumerate(batch["neighbours"][case])
+            for record, group in enumerate(batch.neighbours[case])
             if group is not None
         ]
         if groups:

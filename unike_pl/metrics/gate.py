@@ -7,9 +7,8 @@ inputs and the hard neighbours; every editing run with gated knowledge records i
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
-from typing import Any
 
+from unike_pl.data.cases import EditBatch
 from unike_pl.editing.base import Editor
 from unike_pl.metrics import names
 
@@ -22,18 +21,18 @@ GateReadings = dict[str, dict[str, list[float | None]]]
 has no input of that case)}}."""
 
 
-def gate_readings(editor: Editor, batch: Mapping[str, Any]) -> GateReadings | None:
+def gate_readings(editor: Editor, batch: EditBatch) -> GateReadings | None:
     """α of every case's inputs of a batch under the editor's current edits, per record and layer (a
     neighbour case is the mean over the record's inputs); None when the method has no gate."""
     readings: GateReadings = {}
     for case in names.CASES:
-        values = editor.gate_values(batch["cases"][case])
+        values = editor.gate_values(batch.cases[case])
         if values is None:
             return None
         readings[case] = {key: value.tolist() for key, value in values.items()}
     for case in names.NEIGHBOUR_CASES:
         per_record: dict[str, list[float | None]] = defaultdict(list)
-        for group in batch["neighbours"][case]:
+        for group in batch.neighbours[case]:
             values = editor.gate_values(group) if group is not None else None
             for key in readings[names.EDIT]:
                 per_record[key].append(None if values is None else float(values[key].mean()))

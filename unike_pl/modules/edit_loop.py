@@ -15,7 +15,7 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from unike_pl.backbones.fingerprint import backbone_fingerprint
 from unike_pl.backbones.loader import BackboneConfig
-from unike_pl.data.cases import select_record
+from unike_pl.data.cases import EditBatch
 from unike_pl.editing.base import Editor
 from unike_pl.editing.store import EditResultStore, as_tensors
 from unike_pl.metrics import names
@@ -104,12 +104,12 @@ class EditingLoop(BackboneModule):
             }
             self.pre_edit_cache = PreEditCache(self.scoring.pre_edit_cache, key)
 
-    def _pre_edit(self, batch: dict[str, Any]) -> PreEdit:
+    def _pre_edit(self, batch: EditBatch) -> PreEdit:
         """The unedited model's top-k ids on the batch's locality inputs, from the cache when it has them."""
         compute = lambda: pre_edit_predictions(self.mllm, batch)  # noqa: E731
         if self.pre_edit_cache is None:
             return compute()
-        return self.pre_edit_cache.predictions(batch["record"].tolist(), compute)
+        return self.pre_edit_cache.predictions(batch.record.tolist(), compute)
 
     def on_validation_start(self) -> None:
         self._start()
@@ -123,7 +123,7 @@ class EditingLoop(BackboneModule):
         return {"gate_alpha": gate} if gate else {}
 
     def _edit_batch(
-        self, batch: dict[str, Any]
+        self, batch: EditBatch
     ) -> tuple[Scores, Scores, list[dict[str, Any]], GateReadings | None]:
         """Apply the batch's edits in order, score each right after it and all of them at the end (with
         what the gate let into each case, for methods that have one)."""
@@ -132,11 +132,11 @@ class EditingLoop(BackboneModule):
         immediate: dict[str, list[torch.Tensor]] = {key: [] for key in names.TARGET_METRICS}
         reports = []
         try:
-            for index in range(len(batch["record"])):
-                single = select_record(batch, index, encoder)
-                report = editor.edit(single["cases"][names.EDIT])
+            for index in range(len(batch)):
+                single = batch.select(index, encoder)
+                report = editor.edit(single.cases[names.EDIT])
                 reports.append(vars(report))
-                if len(batch["record"]) > 1:
+                if len(batch) > 1:
                     with editor.answering() as model:
                         scores = target_scores(model, single, replace(self.scoring, generation=False))
                     for key in names.TARGET_METRICS:
@@ -150,13 +150,13 @@ class EditingLoop(BackboneModule):
             editor.restore()
         return final, {k: torch.cat(v) for k, v in immediate.items() if v}, reports, gate
 
-    def _step(self, batch: dict[str, Any], stage: str) -> None:
-        records = batch["record"].tolist()
-        stored = self.store.load(records, batch["group"]) if self.store is not None else None
+    def _step(self, batch: EditBatch, stage: str) -> None:
+        records = batch.record.tolist()
+        stored = self.store.load(records, batch.group) if self.store is not None else None
         if stored is None:
             final, immediate, reports, gate = self._edit_batch(batch)
             if self.store is not None:
-                self.store.save(records, batch["group"], final, reports, immediate, gate)
+                self.store.save(records, batch.group, final, reports, immediate, gate)
         else:
             final, immediate, reports, gate = (
                 as_tensors(stored["scores"]),
@@ -165,7 +165,7 @@ class EditingLoop(BackboneModule):
                 stored.get("gate"),
             )
         self.gate.add(gate)
-        self.metrics[stage].add(final, batch["group"], score_groups(batch, final))
+        self.metrics[stage].add(final, batch.group, score_groups(batch, final))
         add_scores(self.immediate[stage], immediate)
         for report in reports:
             self.cost[stage][names.EDIT_SECONDS].update(report["seconds"])
@@ -176,10 +176,10 @@ class EditingLoop(BackboneModule):
         for key, metric in self.cost[stage].items():
             self.log(f"{stage}/{key}", metric, batch_size=len(records))
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: EditBatch, batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: EditBatch, batch_idx: int) -> None:
         self._step(batch, "test")
 
     def result_settings(self) -> dict[str, Any]:
@@ -210,14 +210,14 @@ class TrainedEditingLoop(EditingLoop):
         return self
 
     @abstractmethod
-    def fit_validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def fit_validation_step(self, batch: EditBatch, batch_idx: int) -> None:
         """What validation measures while fitting (no editing)."""
 
     def on_validation_start(self) -> None:
         if not self.fitting:
             super().on_validation_start()
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: EditBatch, batch_idx: int) -> None:
         if self.fitting:
             self.fit_validation_step(batch, batch_idx)
         else:

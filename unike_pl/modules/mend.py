@@ -10,6 +10,7 @@ from torchmetrics import MetricCollection
 
 from unike_pl.backbones.encoding import append_eos
 from unike_pl.backbones.loader import BackboneConfig
+from unike_pl.data.cases import EditBatch
 from unike_pl.editing.mend import (
     EditedLinear,
     MENDConfig,
@@ -98,10 +99,10 @@ class MENDModule(TrainedEditingLoop):
         prefix = tail.capture(encoded)
         return lambda: tail.logits(prefix)
 
-    def _edited_cases(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def _edited_cases(self, batch: EditBatch) -> dict[str, Any]:
         """Edits every record of the batch with its own update and returns the cases, their pre-edit
         locality logits, post-edit logits and the loss terms."""
-        cases = dict(batch["cases"])
+        cases = dict(batch.cases)
         eos = self.mllm.encoder.tokenizer.eos_token_id
         if self.mend.append_eos and eos is not None:
             cases.update({case: append_eos(cases[case], eos) for case in names.TARGET_CASES})
@@ -129,10 +130,10 @@ class MENDModule(TrainedEditingLoop):
             "loss": loss,
         }
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: EditBatch, batch_idx: int) -> torch.Tensor:
         out = self._edited_cases(batch)
         self.hypernetwork.trained.fill_(True)
-        size = len(batch["record"])
+        size = len(batch)
         self.log("train/edit_loss", out["edit_loss"], batch_size=size)
         self.log("train/locality_loss", out["locality_loss"], batch_size=size)
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
@@ -150,20 +151,20 @@ class MENDModule(TrainedEditingLoop):
         )
 
     # --- validation: a cheap signal inside fit, the shared editing loop otherwise ----------------------
-    def fit_validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def fit_validation_step(self, batch: EditBatch, batch_idx: int) -> None:
         # The first `fit_val_edits` records of the split, wherever they are: batch i of process r is the
         # split's batch i · world + r (whole batches are dealt out in turn).
-        first = (batch_idx * self.trainer.world_size + self.global_rank) * len(batch["record"])
+        first = (batch_idx * self.trainer.world_size + self.global_rank) * len(batch)
         if first >= self.hparams.fit_val_edits:
             return
         out = self._edited_cases(batch)
         scorer = target_scorer(self.scoring.target_scorer)
         scores = {}
         for case in names.TARGET_CASES:
-            labels = batch["cases"][case]["labels"]  # the target tokens only (no EOS), as scored
+            labels = batch.cases[case]["labels"]  # the target tokens only (no EOS), as scored
             scores[names.CASE_METRIC[case]] = scorer(out["post"][case][:, : labels.shape[1]], labels)
         for case in names.LOCALITY_CASES:
-            encoded, metric = batch["cases"][case], names.CASE_METRIC[case]
+            encoded, metric = batch.cases[case], names.CASE_METRIC[case]
             scores[metric] = locality_scores(
                 self.scoring.locality_scorer,
                 out["post"][case],
@@ -173,7 +174,7 @@ class MENDModule(TrainedEditingLoop):
                 names.LOCALITY_TOP_K[metric],
             )
         add_scores(self.fit_metrics, {key: value.float() for key, value in scores.items()})
-        self.fit_loss.update("loss", out["loss"], len(batch["record"]))
+        self.fit_loss.update("loss", out["loss"], len(batch))
 
     def on_validation_epoch_end(self) -> None:
         # Logged here, by every process, even one whose batches all lay past `fit_val_edits`: the metrics'

@@ -8,6 +8,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from unike_pl.backbones.loader import BackboneConfig
+from unike_pl.data.cases import EditBatch
 from unike_pl.metrics import names
 from unike_pl.metrics.editing import GenerationAccuracy, RelatedAccuracy, TargetScore
 from unike_pl.metrics.groups import GroupedMetrics
@@ -60,36 +61,36 @@ class PreEditEvaluation(BackboneModule):
     def setup(self, stage: str) -> None:
         set_record_groups(self, self.metrics.values())
 
-    def _score(self, batch: dict[str, Any], stage: str) -> None:
+    def _score(self, batch: EditBatch, stage: str) -> None:
         scores = {
             **target_scores(self.mllm, batch, self.scoring),
             **locality_answer_scores(self.mllm, batch, self.scoring),
             **related_scores(self.mllm, batch, self.scoring),
         }
-        self.metrics[stage].add(scores, batch["group"], score_groups(batch, scores))
-        log_metrics(self, self.metrics[stage], len(batch["record"]))
+        self.metrics[stage].add(scores, batch.group, score_groups(batch, scores))
+        log_metrics(self, self.metrics[stage], len(batch))
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: EditBatch, batch_idx: int) -> None:
         self._score(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: EditBatch, batch_idx: int) -> None:
         self._score(batch, "test")
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+    def predict_step(self, batch: EditBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Greedy answers of the unedited model for every case of every record."""
         answers = {
-            case: self.mllm.generate_answers(batch["cases"][case], self.scoring.max_new_tokens)
+            case: self.mllm.generate_answers(batch.cases[case], self.scoring.max_new_tokens)
             for case in names.CASES
         }
         return [
             {
                 "record": int(record),
                 **{
-                    case: {"answer": answers[case][i], "target": batch["targets"][case][i]}
+                    case: {"answer": answers[case][i], "target": batch.targets[case][i]}
                     for case in names.CASES
                 },
             }
-            for i, record in enumerate(batch["record"])
+            for i, record in enumerate(batch.record)
         ]
 
     def result_settings(self) -> dict[str, Any]:

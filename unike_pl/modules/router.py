@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torchmetrics import MeanMetric
 
 from unike_pl.backbones.loader import BackboneConfig
+from unike_pl.data.cases import EditBatch
 from unike_pl.ldke.router import KINDS, DisentanglementClassifier, RouterConfig, batch_features, routing_loss
 from unike_pl.metrics.validation import ValidationMeans
 from unike_pl.modules.backbone_module import BackboneModule
@@ -55,7 +55,7 @@ class DisentanglementClassifierModule(BackboneModule):
             self.backbone.eval()  # frozen: its states are the router's inputs
         return self
 
-    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    def _step(self, batch: EditBatch, stage: str) -> torch.Tensor:
         edits, inputs = batch_features(self.mllm, batch, self.router.feature_layer)
         out = routing_loss(self.classifier, edits, inputs, self.router.threshold)
         records = len(edits)
@@ -69,10 +69,10 @@ class DisentanglementClassifierModule(BackboneModule):
             self.log(f"{stage}/routed_{kind}", metrics[kind], batch_size=records)
         return out.loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: EditBatch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: EditBatch, batch_idx: int) -> None:
         self._step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from unike_pl.backbones.loader import Backbone, BackboneConfig
+from unike_pl.data.cases import EditBatch
 from unike_pl.editing.serac import (
     CounterfactualConfig,
     ScopeClassifier,
@@ -103,10 +104,10 @@ class SERACModule(TrainedEditingLoop):
         """A hash of the trained weights, so that edits stored under another checkpoint are never reused."""
         return weights_fingerprint(self.trained_state())
 
-    def fit_validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def fit_validation_step(self, batch: EditBatch, batch_idx: int) -> None:
         # While fitting: a cheap signal instead of editing (routing and counterfactual answers).
         losses = self._losses(batch)
-        size = len(batch["record"])
+        size = len(batch)
         means = self.fit_means
         means.update("loss", losses["loss"], size)
         routed = losses["routed"]
@@ -122,8 +123,8 @@ class SERACModule(TrainedEditingLoop):
             self.fit_means.log(self, prog_bar=("loss", "scope_accuracy"))
 
     # --- training ------------------------------------------------------------------------------------
-    def _losses(self, batch: dict[str, Any]) -> dict[str, Any]:
-        cases = batch["cases"]
+    def _losses(self, batch: EditBatch) -> dict[str, Any]:
+        cases = batch.cases
         logits, features = {}, {}
         for case in names.CASES:
             logits[case], features[case] = scope_features(self.mllm, cases[case], self.scope.feature_layer)
@@ -143,9 +144,9 @@ class SERACModule(TrainedEditingLoop):
             "locality_agreement": counterfactual.locality_agreement.mean(),
         }
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: EditBatch, batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch)
-        size = len(batch["record"])
+        size = len(batch)
         self.log("train/scope_loss", losses["scope"], batch_size=size)
         self.log("train/counterfactual_loss", losses["target"], batch_size=size)
         self.log("train/locality_loss", losses["locality"], batch_size=size)
