@@ -81,6 +81,26 @@ def test_missing_image(mmedit_dir):
         read(mmedit_dir)
 
 
+@pytest.mark.parametrize("outside", ["../rephrase/img_2_r.png", "ABSOLUTE"])
+def test_an_image_path_leaving_its_root_is_refused_unless_allowed(mmedit_dir, outside):
+    """`../x` and absolute paths would read files outside the configured roots: named, or read when
+    `allow_outside_roots` says so."""
+    path = str(mmedit_dir / "rephrase" / "img_2_r.png") if outside == "ABSOLUTE" else outside
+    rewrite(mmedit_dir, lambda records: records[2].update(image=path))
+    with pytest.raises(
+        MMEditFormatError, match=r"record 2, field 'image': image path .* leads outside its root"
+    ):
+        read(mmedit_dir)
+    split = read_mmedit(
+        mmedit_dir / "vqa_eval.json",
+        "vqa",
+        mmedit_dir / "coco",
+        mmedit_dir / "rephrase",
+        allow_outside_roots=True,
+    )
+    assert split.records[2].image.resolve() == (mmedit_dir / "rephrase" / "img_2_r.png").resolve()
+
+
 def test_unreadable_image_is_named_when_loaded(mmedit_dir):
     (mmedit_dir / "coco" / "val2014" / "loc_1.png").write_text("not a png")
     dataset = MMEditDataset(read(mmedit_dir), use_template=False)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -263,3 +264,43 @@ def test_gathered_negatives_give_each_process_the_loss_of_the_whole_step(monkeyp
     module.hparams.gather_negatives = False
     alone = module._losses(module._gathered(module._encode(mine)))
     assert all(abs(a.item() - w.item()) > 1e-3 for a, w in zip(alone, whole, strict=True))
+
+
+class StopAfter(L.Callback):
+    """Raises after `batches` validation batches: a run that crashed half-way."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx + 1 == self.batches:
+            raise RuntimeError("stopped half-way")
+
+
+def test_a_run_resumed_half_way_scores_every_record_as_an_uninterrupted_one(
+    tmp_path, fitted, small_world, world_model
+):
+    """7 records in sequences of 2: the run crashes after its second sequence; the rerun reads those 4
+    records back and edits the other 3. Every record's scores equal the uninterrupted run's."""
+    config = yaml.safe_load(intrinsic_config(tmp_path / "whole", small_world, world_model).read_text())
+    config["model"]["init_args"]["memory"]["cache_dir"] = str(fitted / "runs" / "knowledge_memory")
+    whole = write_config(config, tmp_path / "whole.yaml")
+    with one_thread():
+        main(["validate", "--config", str(whole)])
+    config["model"]["init_args"]["edits_dir"] = str(tmp_path / "resumed")
+    config["trainer"]["callbacks"][-1]["init_args"]["output_dir"] = str(tmp_path / "results")
+    resumed = write_config(config, tmp_path / "resumed.yaml")
+    crashing = {**config, "trainer": {**config["trainer"]}}
+    crashing["trainer"]["callbacks"] = [
+        *config["trainer"]["callbacks"],
+        {"class_path": "tests.test_distributed.StopAfter", "init_args": {"batches": 2}},
+    ]
+    with one_thread(), pytest.raises(RuntimeError, match="stopped half-way"):
+        main(["validate", "--config", str(write_config(crashing, tmp_path / "crashing.yaml"))])
+    assert sorted(per_record_scores(tmp_path / "resumed")) == [0, 1, 2, 3]
+    with one_thread():
+        main(["validate", "--config", str(resumed)])
+    after_resume = per_record_scores(tmp_path / "resumed")
+    uninterrupted = per_record_scores(tmp_path / "whole" / "runs" / "edit_vqa" / "edits")
+    assert sorted(after_resume) == list(range(RECORDS))
+    assert after_resume == uninterrupted

@@ -77,5 +77,5 @@ def test_a_build_resumed_with_other_chunks_reads_no_chunk_of_other_records(
 
 
 def test_chunk_records_must_be_positive():
-    with pytest.raises(ValueError, match="memory.chunk_records must be positive"):
+    with pytest.raises(ValueError, match="memory.chunk_records = 0: must be positive"):
         MemoryConfig(sources=[], chunk_records=0)

@@ -18,6 +18,7 @@ from unike_pl.data.cases import EditBatch
 from unike_pl.editing.base import AnsweringModel
 from unike_pl.metrics import names
 from unike_pl.metrics.scorers import generation_match, locality_scores, target_scorer, top_k_predictions
+from unike_pl.settings import require_positive
 
 PRE_EDIT_TOP_K = 10
 """Pre-edit predictions are cached as ordered top-10 ids, enough for both locality scorers."""
@@ -39,6 +40,9 @@ class ScoringConfig:
     """Greedy decoding length cap for generation accuracy."""
     pre_edit_cache: str | None = None
     """Folder that keeps the unedited model's predictions across runs (None: recompute every run)."""
+
+    def __post_init__(self) -> None:
+        require_positive("scoring", max_new_tokens=self.max_new_tokens)
 
     def settings(self) -> dict[str, Any]:
         return {

@@ -16,6 +16,7 @@ from unike_pl.backbones.encoding import Example, PromptEncoder, select_sample
 from unike_pl.backbones.prompts import wrap_question
 from unike_pl.data.mmedit import EditRecord, MMEditFormatError, MMEditSplit
 from unike_pl.metrics import names
+from unike_pl.settings import require_positive
 
 
 def open_image(path: Path, file: Path, record: int, field: str) -> Image.Image:
@@ -87,6 +88,7 @@ class MMEditDataset(Dataset):
     """Serves `EditSample`s of one split; images are read when a sample is requested."""
 
     def __init__(self, split: MMEditSplit, use_template: bool, limit: int | None = None) -> None:
+        require_positive("data", limit=limit)
         self.split = split
         self.use_template = use_template
         self.records = split.records[:limit] if limit else split.records

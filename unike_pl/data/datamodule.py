@@ -11,8 +11,9 @@ from torch.utils.data import DataLoader
 from unike_pl.backbones.loader import BackboneConfig, load_encoder
 from unike_pl.backbones.prompts import VQA_TEMPLATE
 from unike_pl.data.cases import CrossTaskDataset, EditCollator, MMEditDataset
-from unike_pl.data.mmedit import read_mmedit
+from unike_pl.data.mmedit import MMEditSplit, read_mmedit
 from unike_pl.data.sharding import eval_sampler
+from unike_pl.settings import require_positive
 
 
 class MMEditDataModule(L.LightningDataModule):
@@ -34,6 +35,7 @@ class MMEditDataModule(L.LightningDataModule):
         cross_task_file: str | None = None,
         cross_task: str = "caption",
         cross_task_every: int = 3,
+        allow_outside_roots: bool = False,
     ) -> None:
         """
         Args:
@@ -53,8 +55,11 @@ class MMEditDataModule(L.LightningDataModule):
                 (same image roots); with batch_size T, each sequence of T edits mixes both tasks.
             cross_task: the task of `cross_task_file`.
             cross_task_every: one edit in `cross_task_every` comes from `cross_task_file` (3 = 1:2).
+            allow_outside_roots: read image paths that are absolute or contain `..` (refused by default:
+                they lead outside the image roots).
         """
         super().__init__()
+        require_positive("data", batch_size=batch_size, train_batch_size=train_batch_size, limit=limit)
         self.save_hyperparameters()
         self.backbone = backbone
         self.task = task
@@ -62,6 +67,9 @@ class MMEditDataModule(L.LightningDataModule):
         self.files = {"train": train_file, "eval": eval_file}
         self.roots = (Path(image_root), Path(rephrase_image_root))
         self.datasets: dict[str, MMEditDataset | CrossTaskDataset] = {}
+
+    def _read(self, file: str, task: str) -> MMEditSplit:
+        return read_mmedit(file, task, *self.roots, allow_outside_roots=self.hparams.allow_outside_roots)
 
     def result_settings(self) -> dict[str, object]:
         """What the scores depend on from the data side, written beside every score."""
@@ -82,10 +90,10 @@ class MMEditDataModule(L.LightningDataModule):
             if file is None:
                 raise ValueError(f"stage {stage!r} needs data.{split}_file")
             if split not in self.datasets:
-                records = read_mmedit(file, self.task, *self.roots)
+                records = self._read(file, self.task)
                 self.datasets[split] = MMEditDataset(records, self.use_template, self.hparams.limit)
         if "eval" in wanted and self.hparams.cross_task_file and "cross" not in self.datasets:
-            mixed = read_mmedit(self.hparams.cross_task_file, self.hparams.cross_task, *self.roots)
+            mixed = self._read(self.hparams.cross_task_file, self.hparams.cross_task)
             self.datasets["cross"] = CrossTaskDataset(
                 self.datasets["eval"],
                 MMEditDataset(mixed, self.use_template, self.hparams.limit),

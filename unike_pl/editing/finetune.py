@@ -15,6 +15,7 @@ from unike_pl.editing.base import Editor, EditReport
 from unike_pl.editing.tail import TailRunner
 from unike_pl.losses import answer_loss
 from unike_pl.metrics.scorers import exact_match
+from unike_pl.settings import require_positive
 
 
 @dataclass
@@ -31,6 +32,11 @@ class FineTuneConfig:
     """Stop once every target token of the edit is predicted. Off by default: FT is run for a fixed number
     of steps, as the benchmark code runs it; stopping at the first correct prediction (about 4 steps here)
     leaves the weights barely moved and so inflates FT's locality."""
+
+    def __post_init__(self) -> None:
+        require_positive(
+            "finetune", layers=self.layers, learning_rate=self.learning_rate, max_steps=self.max_steps
+        )
 
 
 class FineTuneEditor(Editor):

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from unike_pl.backbones.loader import Backbone
@@ -35,6 +36,7 @@ from unike_pl.hooks import hooks, paused
 from unike_pl.knowledge.encoders import DisentangledEncoders
 from unike_pl.knowledge.index import CosineIndex, IndexConfig
 from unike_pl.knowledge.states import at_positions, attention_input
+from unike_pl.settings import require_positive
 
 
 @dataclass
@@ -54,6 +56,9 @@ class LatentConfig:
     input did while the neurons were trained on it) or "relevance" (the clamped cosine itself, the paper's
     Eq. 7). Measured on 40 world edits, one: T-Gen / M-Gen 75.0 / 97.5, relevance: 52.5 / 77.5 (same
     locality): the neurons, trained on the edit read at α ≈ 0.86, fire less on a rephrase read at ≈ 0.6."""
+
+    def __post_init__(self) -> None:
+        require_positive("latent", top_k=self.top_k)
 
 
 GATE_VALUES = ("one", "relevance")
@@ -166,6 +171,12 @@ class KnowledgeInjection:
         self.indexes = {
             layer: CosineIndex(knowledge.keys, index, device) for layer, knowledge in self.memory.items()
         }
+        rows = min(len(knowledge.keys) for knowledge in self.memory.values())
+        if top_k > rows:
+            rank_zero_warn(
+                f"latent.top_k = {top_k} but the knowledge memory has {rows} rows: every edit retrieves all "
+                f"{rows}"
+            )
         self.top_k = top_k
         self.gate = gate
         self.edits: list[dict[int, EditKnowledge]] = []

@@ -30,6 +30,7 @@ from unike_pl.editing.base import AnsweringModel, Editor, EditReport
 from unike_pl.hooks import hooks
 from unike_pl.losses import answer_loss_per_sample
 from unike_pl.metrics.scorers import exact_match
+from unike_pl.settings import require_positive
 
 
 @dataclass
@@ -52,10 +53,12 @@ class MENDConfig:
     """Edits (and the training targets) end with EOS, so that the edited model also learns to stop after
     the new answer (greedy generation accuracy); scoring still uses the target tokens only."""
 
+    # --------------------------------------------------------------------------------------------------------
+    # Which linears are edited
+    # --------------------------------------------------------------------------------------------------------
 
-# --------------------------------------------------------------------------------------------------------
-# Which linears are edited
-# --------------------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        require_positive("mend", layers=self.layers, rank=self.rank, blocks=self.blocks)
 
 
 @dataclass(frozen=True)

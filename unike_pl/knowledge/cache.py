@@ -24,6 +24,7 @@ from unike_pl.data.mmedit import read_mmedit
 from unike_pl.knowledge.index import IndexConfig
 from unike_pl.knowledge.memory import KnowledgeMemory
 from unike_pl.knowledge.mining import mine_memory
+from unike_pl.settings import require_positive
 
 
 @dataclass
@@ -56,12 +57,19 @@ class MemoryConfig:
     """Greedy decoding cap when reading the model's wrong answers."""
     limit: int | None = None
     """Mine only the first `limit` records of each source (quick runs and tests)."""
+    allow_outside_roots: bool = False
+    """Read image paths that are absolute or contain `..` (refused by default: they leave the roots)."""
     index: IndexConfig = field(default_factory=IndexConfig)
     """How editing searches the memory's keys (not part of the memory: the cache does not depend on it)."""
 
     def __post_init__(self) -> None:
-        if self.chunk_records < 1:
-            raise ValueError(f"memory.chunk_records must be positive, got {self.chunk_records}")
+        require_positive(
+            "memory",
+            edited_layers=self.edited_layers,
+            chunk_records=self.chunk_records,
+            max_new_tokens=self.max_new_tokens,
+            limit=self.limit,
+        )
 
 
 def memory_path(backbone: BackboneConfig, config: MemoryConfig) -> Path:
@@ -91,7 +99,13 @@ def source_datasets(config: MemoryConfig) -> list[MMEditDataset]:
     """The records of every source, as mining and the triplets' examples read them."""
     return [
         MMEditDataset(
-            read_mmedit(source.file, source.task, source.image_root, source.rephrase_image_root),
+            read_mmedit(
+                source.file,
+                source.task,
+                source.image_root,
+                source.rephrase_image_root,
+                allow_outside_roots=config.allow_outside_roots,
+            ),
             config.use_template,
             config.limit,
         )

@@ -37,6 +37,7 @@ from unike_pl.backbones.encoding import EXAMPLES, IGNORE_INDEX, Example, on_devi
 from unike_pl.backbones.loader import Backbone
 from unike_pl.hooks import hooks
 from unike_pl.knowledge.states import attention_input
+from unike_pl.settings import require_positive
 
 Scorer = Callable[[Backbone, Mapping[str, Any], Sequence[int], "LocalizationConfig"], torch.Tensor]
 
@@ -57,6 +58,7 @@ class LocalizationConfig:
     """Seed of the corruption noise."""
 
     def __post_init__(self) -> None:
+        require_positive("localization", layers=self.layers, samples=self.samples)
         if self.scorer not in SCORERS:
             raise ValueError(f"unknown layer scorer {self.scorer!r}; valid: {', '.join(SCORERS)}")
         if self.layers < 1 or self.samples < 1:
