@@ -13,6 +13,7 @@ from unike_pl.editing.editor import IntrinsicConfig, UniKEEditor
 from unike_pl.editing.finetune import FineTuneConfig, FineTuneEditor
 from unike_pl.editing.unrelated import UnrelatedInputs
 from unike_pl.metrics.scorers import exact_match
+from unike_pl.modules.finetune import FineTuneModule
 
 RED = Image.new("RGB", (40, 40), (220, 30, 30))
 GREY = Image.new("RGB", (40, 40), (90, 90, 90))
@@ -95,3 +96,18 @@ def test_t_patcher_puts_its_neurons_in_the_last_layer_only(backbone):
     assert {layer for layer, patches in editor.bank.patches.items() if patches} == {layers[-1]}
     assert editor.bank.latest()[layers[-1]].keys.shape[0] == 1
     editor.restore()
+
+
+def test_a_checkpoint_of_another_method_is_refused_not_ignored(tiny_models):
+    """Checkpoints load without the backbone (not strictly), so FT given UniKE's encoders would have
+    dropped them while Lightning printed "Loaded model weights"; it names them and their module."""
+    module = FineTuneModule(BackboneConfig(str(tiny_models["blip2"]), local_files_only=True))
+    checkpoint = {
+        "state_dict": {"encoders.zeta": torch.zeros(2, 4), "encoders.gate_threshold": torch.tensor(0.5)},
+        "hyper_parameters": {"_class_path": "unike_pl.modules.DisentangleModule"},
+    }
+    with pytest.raises(
+        ValueError, match=r"FineTuneModule has no place for \(encoders\.\*\).*DisentangleModule"
+    ):
+        module.on_load_checkpoint(checkpoint)
+    module.on_load_checkpoint({"state_dict": {}, "hyper_parameters": {}})  # nothing foreign: fine

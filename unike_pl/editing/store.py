@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,17 @@ class EditResultStore:
         file = self.path(records)
         if not file.is_file():
             return None
-        result = json.loads(file.read_text())
+        problem = None
+        try:
+            result = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            problem = f"not valid JSON ({error})"
+        else:
+            problem = stored_result_problem(result, len(records))
+        if problem is not None:
+            # A stored edit is a cache of a seeded computation: redoing it gives the same result.
+            warnings.warn(f"{file}: {problem}; the edit is redone", RuntimeWarning, stacklevel=2)
+            return None
         if result.get("records") != list(records):
             raise ValueError(f"{file}: holds records {result.get('records')}, expected {list(records)}")
         if "groups" in result and result["groups"] != list(groups):
@@ -75,6 +87,27 @@ class EditResultStore:
             **({"gate": gate} if gate is not None else {}),
         }
         atomic_write_json(self.path(records), result)
+
+
+def stored_result_problem(result: Any, records: int) -> str | None:
+    """What is wrong with a stored result of `records` records, or None: its fields, the shape of its
+    scores (at most one per record; neighbour metrics skip records without neighbours) and their values
+    (finite, in [0, 1])."""
+    if not isinstance(result, dict):
+        return f"expected a JSON object, found {type(result).__name__}"
+    missing = [key for key in ("records", "scores", "edits") if key not in result]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if not isinstance(result["edits"], list) or len(result["edits"]) != records:
+        return f"expected {records} edit reports"
+    if not isinstance(result["scores"], dict) or not result["scores"]:
+        return "no scores"
+    for key, values in {**result["scores"], **result.get("immediate", {})}.items():
+        if not isinstance(values, list) or len(values) > records:
+            return f"{key}: expected at most {records} scores"
+        if not all(isinstance(v, int | float) and math.isfinite(v) and 0 <= v <= 1 for v in values):
+            return f"{key}: a score that is not a number in [0, 1]"
+    return None
 
 
 def as_tensors(scores: Mapping[str, Sequence[float]]) -> dict[str, torch.Tensor]:

@@ -37,6 +37,19 @@ class BackboneModule(L.LightningModule):
         if self.backbone is None:
             self.backbone = load_backbone(self.backbone_config)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Loading is not strict (the backbone is not in checkpoints), so weights this module has no place
+        # for would be dropped without a word: a checkpoint of another method is refused instead.
+        own = self.state_dict()
+        foreign = sorted({key.split(".")[0] for key in checkpoint.get("state_dict", {}) if key not in own})
+        if foreign:
+            source = checkpoint.get("hyper_parameters", {}).get("_class_path", "another module")
+            raise ValueError(
+                f"the checkpoint holds weights {type(self).__name__} has no place for "
+                f"({', '.join(f'{part}.*' for part in foreign)}): it was written by {source}; pass a "
+                "checkpoint of this method"
+            )
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(BACKBONE_PREFIX)]:

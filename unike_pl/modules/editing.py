@@ -87,6 +87,7 @@ class EditingModule(EditingLoop):
             self.encoders.requires_grad_(False)  # trained by the DisentangleModule, fixed while editing
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         weights = checkpoint.get("state_dict", {})
         has_encoders = any(key.startswith("encoders.") for key in weights)
         missing = [key for key in ("encoders.zeta_map", "encoders.gate_threshold") if key not in weights]
