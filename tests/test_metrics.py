@@ -28,6 +28,7 @@ from unike_pl.metrics import (
     M_LOCALITY,
     NEIGHBOUR_CASES,
     NEIGHBOUR_METRICS,
+    NON_FINITE_EDITS,
     RELIABILITY,
     RELIABILITY_GEN,
     SEQUENCE_TOPK,
@@ -95,8 +96,8 @@ ARGMAX = [[0, 4, 2, 3, 0], [1, 1, 3, 0, 4]]
 
 def test_names_are_consistent() -> None:
     scores = TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS + NEIGHBOUR_METRICS + ANSWER_METRICS
-    assert scores + COST_METRICS + IMMEDIATE_METRICS == ALL_METRICS
-    assert len(ALL_METRICS) == 17 and len(set(ALL_METRICS)) == 17
+    assert scores + COST_METRICS + (NON_FINITE_EDITS,) + IMMEDIATE_METRICS == ALL_METRICS
+    assert len(ALL_METRICS) == 18 and len(set(ALL_METRICS)) == 18
     assert set(DISPLAY_NAMES) == set(ALL_METRICS)
     assert DISPLAY_NAMES[RELIABILITY] == "Rel"
     assert set(CASE_METRIC) == set(CASES + NEIGHBOUR_CASES)

@@ -122,6 +122,25 @@ def test_intrinsic_only_runs_without_encoders(tmp_path, encoders, small_world, w
     assert names.stage_key("val", names.RELIABILITY) in scores
 
 
+def test_a_diverged_edit_is_counted_marked_and_fails_the_run(tmp_path, encoders, small_world, world_model):
+    """Neurons trained at learning rate 1e30 blow the logits up: the run writes its results with the count,
+    marks the edit files, and fails unless `scoring.allow_non_finite` (it used to score 0, exit 0)."""
+    memory = {**read_memory(encoders), **MEMORY_LIMIT}
+    intrinsic = {"max_steps": 3, "beta": 0.0, "learning_rate": 1e30, "stop_early": False}
+    config = edit_config(tmp_path, small_world, world_model, memory=memory, latent=None, intrinsic=intrinsic)
+    with pytest.raises(RuntimeError, match=r"\d edit\(s\) gave non-finite logits"):
+        main(["validate", "--config", str(config)])
+    result = read_results(tmp_path / "results" / "edit" / "unike_vqa_val.json")
+    diverged = result["scores"][names.stage_key("val", names.NON_FINITE_EDITS)]
+    reports = [
+        edit
+        for file in (tmp_path / "runs" / "edit_vqa" / "edits").glob("records_*.json")
+        for edit in json.loads(file.read_text())["edits"]
+    ]
+    assert diverged == sum(not edit["finite"] for edit in reports) > 0
+    main(["validate", "--config", str(config), "--model.init_args.scoring.allow_non_finite", "true"])
+
+
 def read_memory(root: Path) -> dict:
     """The memory settings of the disentangle run (same cache, so edits reuse its memory)."""
     return yaml.safe_load((root / "disentangle.yaml").read_text())["data"]["init_args"]["memory"]

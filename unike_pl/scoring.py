@@ -40,6 +40,9 @@ class ScoringConfig:
     """Greedy decoding length cap for generation accuracy."""
     pre_edit_cache: str | None = None
     """Folder that keeps the unedited model's predictions across runs (None: recompute every run)."""
+    allow_non_finite: bool = False
+    """Finish a run whose edits gave non-finite logits with exit code 0 (they are counted and marked in
+    any case); by default such a run fails once its results are written."""
 
     def __post_init__(self) -> None:
         require_positive("scoring", max_new_tokens=self.max_new_tokens)

@@ -298,6 +298,8 @@ class UniKEEditor(Editor):
                 if config.stop_early and met and bool(exact_match(step_logits, labels).all()):
                     return step, True, reached
                 loss = answer_loss(step_logits, labels) + constraints
+                if not torch.isfinite(loss):  # diverged: stop (the loop marks the edit non-finite)
+                    return step, False, reached
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -74,6 +74,8 @@ class FineTuneEditor(Editor):
                     if config.stop_early and bool(exact_match(logits, labels).all()):
                         return EditReport(step, time.perf_counter() - start, True)
                     loss = answer_loss(logits, labels)
+                    if not torch.isfinite(loss):  # diverged: stop (the loop marks the edit non-finite)
+                        return EditReport(step, time.perf_counter() - start, False)
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()

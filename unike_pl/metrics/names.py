@@ -35,6 +35,9 @@ HARD_LOCALITY: Final = "hard_locality"
 EDIT_SECONDS: Final = "edit_seconds"
 EDIT_STEPS: Final = "edit_steps"
 
+# Edits whose model gave non-finite logits on the edit input afterwards (a diverged edit), counted.
+NON_FINITE_EDITS: Final = "non_finite_edits"
+
 # Logged per labelled group of records (`val/<group>/records`) beside the group's scores: its record count.
 RECORDS: Final = "records"
 
@@ -47,7 +50,7 @@ EDIT_METRICS: Final = TARGET_METRICS + LOCALITY_METRICS + GENERATION_METRICS + N
 COST_METRICS: Final = (EDIT_SECONDS, EDIT_STEPS)
 # Sequential editing also scores each edit right after it is applied (before the later edits).
 IMMEDIATE_METRICS: Final = tuple(f"immediate_{metric}" for metric in TARGET_METRICS)
-ALL_METRICS: Final = EDIT_METRICS + ANSWER_METRICS + COST_METRICS + IMMEDIATE_METRICS
+ALL_METRICS: Final = EDIT_METRICS + ANSWER_METRICS + COST_METRICS + (NON_FINITE_EDITS,) + IMMEDIATE_METRICS
 
 DISPLAY_NAMES: Final[dict[str, str]] = {
     RELIABILITY: "Rel",
@@ -64,6 +67,7 @@ DISPLAY_NAMES: Final[dict[str, str]] = {
     M_LOCALITY_ANSWERS: "M-Loc answers",
     EDIT_SECONDS: "seconds / edit",
     EDIT_STEPS: "steps / edit",
+    NON_FINITE_EDITS: "non-finite edits",
     **{
         f"immediate_{metric}": f"{name} (right after)"
         for metric, name in ((RELIABILITY, "Rel"), (T_GENERALITY, "T-Gen"), (M_GENERALITY, "M-Gen"))

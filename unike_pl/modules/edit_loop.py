@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, MetricCollection, SumMetric
 
 from unike_pl.backbones.fingerprint import backbone_fingerprint
 from unike_pl.backbones.loader import BackboneConfig
@@ -75,6 +75,7 @@ class EditingLoop(BackboneModule):
         self.cost = nn.ModuleDict(
             {stage: nn.ModuleDict({key: MeanMetric() for key in names.COST_METRICS}) for stage in STAGES}
         )
+        self.non_finite = nn.ModuleDict({stage: SumMetric() for stage in STAGES})
 
     @abstractmethod
     def build_editor(self) -> Editor:
@@ -117,6 +118,21 @@ class EditingLoop(BackboneModule):
     def on_test_start(self) -> None:
         self._start()
 
+    def _check_finite(self, stage: str) -> None:
+        """After the results are written (callbacks run first): fail a run with diverged edits."""
+        diverged = int(self.trainer.callback_metrics.get(f"{stage}/{names.NON_FINITE_EDITS}", 0))
+        if diverged and not self.scoring.allow_non_finite:
+            raise RuntimeError(
+                f'{diverged} edit(s) gave non-finite logits (marked "finite": false in their edit files): '
+                "their scores mean nothing. Lower the learning rate, or set scoring.allow_non_finite"
+            )
+
+    def on_validation_end(self) -> None:
+        self._check_finite("val")
+
+    def on_test_end(self) -> None:
+        self._check_finite("test")
+
     def result_diagnostics(self) -> dict[str, Any]:
         """What the result files record beside the scores: the mean α per case and layer."""
         gate = self.gate.compute()
@@ -135,7 +151,9 @@ class EditingLoop(BackboneModule):
             for index in range(len(batch)):
                 single = batch.select(index, encoder)
                 report = editor.edit(single.cases[names.EDIT])
-                reports.append(vars(report))
+                with editor.answering() as model:
+                    finite = bool(torch.isfinite(model(single.cases[names.EDIT])).all())
+                reports.append({**vars(report), "finite": finite})
                 if len(batch) > 1:
                     with editor.answering() as model:
                         scores = target_scores(model, single, replace(self.scoring, generation=False))
@@ -170,6 +188,8 @@ class EditingLoop(BackboneModule):
         for report in reports:
             self.cost[stage][names.EDIT_SECONDS].update(report["seconds"])
             self.cost[stage][names.EDIT_STEPS].update(report["steps"])
+            self.non_finite[stage].update(float(not report.get("finite", True)))
+        self.log(f"{stage}/{names.NON_FINITE_EDITS}", self.non_finite[stage], batch_size=len(records))
         log_metrics(self, self.metrics[stage], len(records))
         if immediate:
             self.log_dict(self.immediate[stage], batch_size=len(records))
