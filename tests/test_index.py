@@ -38,6 +38,8 @@ def test_index_settings_are_checked():
         IndexConfig(kind="hnsw")
     with pytest.raises(ValueError, match="index.device must be one of auto, cpu, gpu"):
         IndexConfig(device="cuda")
+    with pytest.raises(ValueError, match=r"index\.probes = 0: must be positive"):
+        IndexConfig(kind="ivf", probes=0)
     with pytest.raises(ValueError, match="index.lists is 500 but the memory has 400 keys"):
         CosineIndex(KEYS, IndexConfig(kind="ivf", lists=500))
 

@@ -16,6 +16,8 @@ import faiss.contrib.torch_utils  # noqa: F401  (lets FAISS indexes take torch t
 import torch
 import torch.nn.functional as F
 
+from unike_pl.settings import require_positive
+
 INDEX_DEVICES = ("auto", "cpu", "gpu")
 INDEX_KINDS = ("flat", "ivf")
 
@@ -39,10 +41,7 @@ class IndexConfig:
             raise ValueError(f"index.device must be one of {', '.join(INDEX_DEVICES)}, got {self.device!r}")
         if self.kind not in INDEX_KINDS:
             raise ValueError(f"index.kind must be one of {', '.join(INDEX_KINDS)}, got {self.kind!r}")
-        if (self.lists is not None and self.lists < 1) or self.probes < 1:
-            raise ValueError(
-                f"index.lists and index.probes must be positive, got {self.lists}, {self.probes}"
-            )
+        require_positive("index", lists=self.lists, probes=self.probes)
 
 
 def gpu_available() -> bool:
