@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -304,3 +306,43 @@ def test_a_run_resumed_half_way_scores_every_record_as_an_uninterrupted_one(
     uninterrupted = per_record_scores(tmp_path / "whole" / "runs" / "edit_vqa" / "edits")
     assert sorted(after_resume) == list(range(RECORDS))
     assert after_resume == uninterrupted
+
+
+class SlowBatches(L.Callback):
+    """Half a second after each validation batch: time to stop a run in the middle."""
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        time.sleep(0.5)
+
+
+def test_sigterm_stops_after_the_current_edit_with_partial_results_and_a_failing_exit(
+    tmp_path, fitted, small_world, world_model
+):
+    """SIGTERM while editing: the current edit finishes, the scores so far go to `*_partial.json`
+    (marked partial), and the run exits 143 (Lightning's own stop exits 0 and writes nothing). A rerun
+    resumes, writes the full results and removes the partial ones."""
+    config = yaml.safe_load(intrinsic_config(tmp_path, small_world, world_model).read_text())
+    config["model"]["init_args"]["memory"]["cache_dir"] = str(fitted / "runs" / "knowledge_memory")
+    config["data"]["init_args"]["batch_size"] = 1
+    finished = write_config(config, tmp_path / "edit.yaml")
+    config["trainer"]["callbacks"].append({"class_path": "tests.test_distributed.SlowBatches"})
+    slow = write_config(config, tmp_path / "slow.yaml")
+    edits, results = tmp_path / "runs" / "edit_vqa" / "edits", tmp_path / "results" / "edit"
+    command = [sys.executable, "-m", "unike_pl", "validate", "--config"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([*command, str(slow)], env=environment, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(list(edits.glob("records_*.json"))) < 2 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 143, stderr[-2000:]
+    assert "stopped by SIGTERM after the current edit" in stderr
+    partial = json.loads((results / "unike_vqa_val_partial.json").read_text())
+    stored = len(list(edits.glob("records_*.json")))
+    assert partial["partial"] is True and 2 <= partial["records"] == stored < RECORDS
+    assert not (results / "unike_vqa_val.json").exists()
+    resumed = subprocess.run([*command, str(finished)], env=environment, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((results / "unike_vqa_val.json").read_text())["records"] == RECORDS
+    assert not (results / "unike_vqa_val_partial.json").exists()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from unike_pl.knowledge.index import check_faiss_install
+
+STOPPED_BY_SIGTERM = 143
+"""Exit code of a run stopped by SIGTERM (128 + the signal's number, as shells report it)."""
 
 
 class UnikeCLI(LightningCLI):
@@ -40,10 +45,18 @@ def main(args: list[str] | None = None) -> UnikeCLI:
     # Tokenizers' own thread pool fights DataLoader workers for the few cores we have.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     check_faiss_install()
-    return UnikeCLI(
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    try:
+        return UnikeCLI(
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+    except SIGTERMException:
+        # Lightning stops after the current batch and would exit 0 as if the run had finished.
+        print(
+            "stopped by SIGTERM after the current edit: partial results written, rerun to resume",
+            file=sys.stderr,
+        )
+        sys.exit(STOPPED_BY_SIGTERM)

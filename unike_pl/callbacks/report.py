@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from rich.table import Table
 
@@ -90,33 +93,54 @@ class ResultsReport(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "validate":
-            self._report(trainer, pl_module, "val")
+            self._report(trainer, pl_module, "val", trainer.callback_metrics)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._report(trainer, pl_module, "test")
+        self._report(trainer, pl_module, "test", trainer.callback_metrics)
 
-    def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """Stopped by SIGTERM (Lightning stops after the current batch): the scores of the records edited
+        so far go to `<name>_partial.json`, marked partial (a rerun resumes from the stored edits)."""
+        stage = {TrainerFn.VALIDATING: "val", TrainerFn.TESTING: "test"}.get(trainer.state.fn)
+        scores_so_far = getattr(pl_module, "scores_so_far", None)
+        if isinstance(exception, SIGTERMException) and stage is not None and callable(scores_so_far):
+            self._report(trainer, pl_module, stage, scores_so_far(stage), partial=True)
+
+    def _report(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        stage: str,
+        metrics: Mapping[str, Any],
+        partial: bool = False,
+    ) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
-        scores = collect_scores(trainer.callback_metrics, stage)
+        scores = collect_scores(metrics, stage)
         if not scores:
             return
         settings = {**_settings_of(pl_module), **_settings_of(trainer.datamodule), **run_settings(trainer)}
         diagnostics = getattr(pl_module, "result_diagnostics", dict)()
-        groups = collect_group_scores(trainer.callback_metrics, stage)
+        groups = collect_group_scores(metrics, stage)
         name = f"{self.run_name or type(pl_module).__name__}_{stage}"
-        records = trainer.callback_metrics.get(f"{stage}/{names.RECORDS}")
+        records = metrics.get(f"{stage}/{names.RECORDS}")
         self.written = list(
             write_results(
                 self.output_dir,
-                name,
+                f"{name}_partial" if partial else name,
                 scores,
                 settings,
                 diagnostics,
                 groups,
                 records=None if records is None else int(records),
+                partial=partial,
             )
         )
+        if not partial:  # a finished run supersedes what an interrupted one wrote
+            for suffix in (".json", ".csv"):
+                (self.output_dir / f"{name}_partial{suffix}").unlink(missing_ok=True)
         console = Console()
         console.print(scores_table(f"{name} ({settings.get('eval_file', '')})", scores, groups))
         if "gate_alpha" in diagnostics:

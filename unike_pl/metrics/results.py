@@ -85,6 +85,7 @@ def write_results(
     diagnostics: Mapping[str, object] | None = None,
     groups: GroupScores | None = None,
     records: int | None = None,
+    partial: bool = False,
 ) -> tuple[Path, Path]:
     """Write `{name}.json` and `{name}.csv` into `directory` atomically; return (json path, csv path).
 
@@ -99,6 +100,7 @@ def write_results(
         groups: the scores of each group of records (data whose records carry a `group`), written after
             the scores of all records.
         records: how many records were scored (on all devices together).
+        partial: the run stopped before the end of its split (`"partial": true` in the JSON).
     """
     if not name or Path(name).name != name or name in (".", ".."):
         raise ValueError(f"result name must be a plain file stem, got {name!r}")
@@ -129,6 +131,8 @@ def write_results(
     document: dict[str, Any] = {"scores": clean_scores, "settings": clean_settings}
     if records is not None:
         document["records"] = records
+    if partial:
+        document["partial"] = True
     if diagnostics:
         document["diagnostics"] = json.loads(json.dumps(dict(diagnostics), allow_nan=False))
     if by_group:

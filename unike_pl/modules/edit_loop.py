@@ -133,6 +133,15 @@ class EditingLoop(BackboneModule):
     def on_test_end(self) -> None:
         self._check_finite("test")
 
+    def scores_so_far(self, stage: str) -> dict[str, torch.Tensor]:
+        """The scores of the records edited so far, keyed as logged (for the results of a stopped run)."""
+        scores = {name: metric.compute() for name, metric in self.metrics[stage].logged()}
+        for key, metric in self.cost[stage].items():
+            if metric.update_count:
+                scores[f"{stage}/{key}"] = metric.compute()
+        scores[f"{stage}/{names.NON_FINITE_EDITS}"] = self.non_finite[stage].compute()
+        return scores
+
     def result_diagnostics(self) -> dict[str, Any]:
         """What the result files record beside the scores: the mean α per case and layer."""
         gate = self.gate.compute()
