@@ -1,7 +1,7 @@
 """Validation means of the fit modules: the same values on one process or several.
 
 Lightning's `self.log(..., sync_dist=True)` averages the processes' batch-size sums with an integer mean
-(17 records over 2 processes count as 8 each), and a key that one process never logs leaves the others
+(17 examples over 2 processes count as 16), and a key that one process never logs leaves the others
 waiting for it. Here each value is a torchmetrics mean (its sums are added over the processes when it is
 computed), and every process logs the same keys at the end of the epoch, whatever share of the split it
 saw.

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
-from torchmetrics import MeanMetric, MetricCollection, SumMetric
+from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 
 from unike_pl.backbones.fingerprint import backbone_fingerprint
 from unike_pl.backbones.loader import BackboneConfig
@@ -22,7 +22,7 @@ from unike_pl.metrics import names
 from unike_pl.metrics.editing import SampleMean, build_editing_metrics
 from unike_pl.metrics.gate import GateReadings, GateSummary, gate_readings
 from unike_pl.metrics.groups import GroupedMetrics, add_scores
-from unike_pl.modules.backbone_module import BackboneModule, log_metrics, set_record_groups
+from unike_pl.modules.backbone_module import BackboneModule, set_record_groups
 from unike_pl.pre_edit_cache import PreEditCache, file_digest
 from unike_pl.scoring import (
     PRE_EDIT_TOP_K,
@@ -133,14 +133,23 @@ class EditingLoop(BackboneModule):
     def on_test_end(self) -> None:
         self._check_finite("test")
 
+    def _logged(self, stage: str) -> Iterator[tuple[str, Metric]]:
+        """(logged name, metric) of everything the loop logs for `stage` that has scored something: the
+        editing metrics of all records and of each group, the scores right after each edit (sequential
+        editing), the cost per edit and the count of diverged edits."""
+        yield from self.metrics[stage].logged()
+        others = {
+            **dict(self.immediate[stage].items()),
+            **{f"{stage}/{key}": metric for key, metric in self.cost[stage].items()},
+            f"{stage}/{names.NON_FINITE_EDITS}": self.non_finite[stage],
+        }
+        for name, metric in others.items():
+            if metric.update_count:
+                yield name, metric
+
     def scores_so_far(self, stage: str) -> dict[str, torch.Tensor]:
         """The scores of the records edited so far, keyed as logged (for the results of a stopped run)."""
-        scores = {name: metric.compute() for name, metric in self.metrics[stage].logged()}
-        for key, metric in self.cost[stage].items():
-            if metric.update_count:
-                scores[f"{stage}/{key}"] = metric.compute()
-        scores[f"{stage}/{names.NON_FINITE_EDITS}"] = self.non_finite[stage].compute()
-        return scores
+        return {name: metric.compute() for name, metric in self._logged(stage)}
 
     def result_diagnostics(self) -> dict[str, Any]:
         """What the result files record beside the scores: the mean α per case and layer."""
@@ -198,12 +207,8 @@ class EditingLoop(BackboneModule):
             self.cost[stage][names.EDIT_SECONDS].update(report["seconds"])
             self.cost[stage][names.EDIT_STEPS].update(report["steps"])
             self.non_finite[stage].update(float(not report.get("finite", True)))
-        self.log(f"{stage}/{names.NON_FINITE_EDITS}", self.non_finite[stage], batch_size=len(records))
-        log_metrics(self, self.metrics[stage], len(records))
-        if immediate:
-            self.log_dict(self.immediate[stage], batch_size=len(records))
-        for key, metric in self.cost[stage].items():
-            self.log(f"{stage}/{key}", metric, batch_size=len(records))
+        for name, metric in self._logged(stage):
+            self.log(name, metric, batch_size=len(records))
 
     def validation_step(self, batch: EditBatch, batch_idx: int) -> None:
         self._step(batch, "val")
