@@ -116,6 +116,7 @@ def test_two_processes_score_every_record_once_as_one_process_does(
     assert double["settings"]["strategy"] == "DDPStrategy"
     timing = names.stage_key("val", names.EDIT_SECONDS)
     assert timing in single["scores"]
+    assert all(names.stage_key("val", key) in single["scores"] for key in names.IMMEDIATE_METRICS)
     for key, value in single["scores"].items():
         if key != timing:
             assert double["scores"][key] == pytest.approx(value, abs=1e-4), key
