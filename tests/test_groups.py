@@ -312,8 +312,9 @@ def test_an_editing_run_reports_each_group_and_a_resumed_run_reproduces_it(
 
 def test_a_stored_edit_of_other_groups_is_refused(tmp_path, grouped_world, world_model):
     from unike_pl.editing.store import EditResultStore
+    from unike_pl.run_key import RunKey
 
-    store = EditResultStore(tmp_path, {"method": "x"})
+    store = EditResultStore(tmp_path, RunKey({"method": "x"}))
     store.save([0, 1], [SEEN, UNSEEN], {names.RELIABILITY: torch.tensor([1.0, 0.0])}, [{}, {}])
     assert store.load([0, 1], [SEEN, UNSEEN])["groups"] == [SEEN, UNSEEN]
     with pytest.raises(ValueError, match=r"holds records of groups \['seen-rule', 'unseen-rule'\]"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from unike_pl.errors import UserError
 from unike_pl.knowledge.index import CosineIndex, IndexConfig, check_faiss_install, faiss_packages, index_gpu
 
 KEYS = torch.randn(400, 24, generator=torch.Generator().manual_seed(0))
@@ -48,7 +49,7 @@ def test_index_settings_are_checked():
 def test_auto_stays_on_the_cpu_without_a_gpu_and_gpu_refuses():
     assert index_gpu(IndexConfig(device="auto"), torch.device("cpu")) is None
     assert not CosineIndex(KEYS).on_gpu
-    with pytest.raises(RuntimeError, match="index.device is gpu but FAISS sees no GPU"):
+    with pytest.raises(UserError, match="index.device is gpu but FAISS sees no GPU"):
         index_gpu(IndexConfig(device="gpu"), torch.device("cpu"))
 
 
@@ -65,5 +66,5 @@ def test_a_gpu_index_searches_cuda_queries_on_the_models_gpu():
 def test_two_faiss_packages_are_refused_with_the_fix():
     assert len(faiss_packages()) == 1  # this environment holds one
     check_faiss_install()
-    with pytest.raises(RuntimeError, match="faiss-cpu, faiss-gpu.*pip uninstall -y faiss-cpu faiss-gpu"):
+    with pytest.raises(UserError, match="faiss-cpu, faiss-gpu.*pip uninstall -y faiss-cpu faiss-gpu"):
         check_faiss_install(["faiss-cpu", "faiss-gpu"])

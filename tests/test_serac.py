@@ -161,7 +161,7 @@ def test_fit_saves_trained_parts_resumes_and_edits(tmp_path, small_world, world_
     result = read_results(tmp_path / "results" / "edit" / "serac_vqa_val.json")
     scores = result["scores"]
     assert all(0 <= scores[names.stage_key("val", m)] <= 100 for m in names.EDIT_METRICS)
-    assert result["settings"]["method"] == "SERACModule" and result["settings"]["trained_weights"]
+    assert result["settings"]["method"] == "SERACModule" and result["settings"]["run_key"]["parts"]["weights"]
     assert len(list((tmp_path / "runs" / "serac_vqa" / "edits").glob("records_*.json"))) == 4
 
 

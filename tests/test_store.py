@@ -9,6 +9,7 @@ import torch
 
 from unike_pl.editing.store import EditResultStore
 from unike_pl.metrics import names
+from unike_pl.run_key import RunKey
 
 REPORTS = [{"seconds": 0.5, "steps": 3}, {"seconds": 0.4, "steps": 2}]
 
@@ -26,7 +27,7 @@ REPORTS = [{"seconds": 0.5, "steps": 3}, {"seconds": 0.4, "steps": 2}]
     ids=["truncated", "no-scores", "no-edits", "nan", "out-of-range", "reports"],
 )
 def test_a_damaged_stored_edit_is_named_and_redone(tmp_path, damage, problem):
-    store = EditResultStore(tmp_path, {"method": "x"})
+    store = EditResultStore(tmp_path, RunKey({"method": "x"}))
     store.save([4, 5], [None, None], {names.RELIABILITY: torch.tensor([1.0, 0.25])}, REPORTS)
     assert store.load([4, 5], [None, None])["scores"] == {names.RELIABILITY: [1.0, 0.25]}
     file = store.path([4, 5])

@@ -13,6 +13,7 @@ import yaml
 from tests.helpers import shipped_config, write_config
 from unike_pl.cli import main
 from unike_pl.editing.editor import UniKEEditor
+from unike_pl.errors import UserError
 from unike_pl.metrics import names, read_results
 
 MEMORY_LIMIT = {"limit": 6, "max_new_tokens": 3, "chunk_records": 4}
@@ -139,6 +140,19 @@ def test_a_diverged_edit_is_counted_marked_and_fails_the_run(tmp_path, encoders,
     ]
     assert diverged == sum(not edit["finite"] for edit in reports) > 0
     main(["validate", "--config", str(config), "--model.init_args.scoring.allow_non_finite", "true"])
+
+
+def test_edits_made_with_other_encoders_are_refused(tmp_path, encoders, small_world, world_model):
+    """Another encoders checkpoint (one weight changed) cannot read back the edits of the first."""
+    ckpt = encoders / "runs" / "disentangle" / "checkpoints" / "encoders.ckpt"
+    memory = {**read_memory(encoders), **MEMORY_LIMIT}
+    config = edit_config(tmp_path, small_world, world_model, memory=memory)
+    main(["validate", "--config", str(config), "--ckpt_path", str(ckpt), "--data.init_args.limit", "1"])
+    other = torch.load(ckpt, weights_only=False)
+    other["state_dict"]["encoders.gate_threshold"] += 0.01
+    torch.save(other, tmp_path / "other.ckpt")
+    with pytest.raises(UserError, match=r"another run key \(weights differ\)"):
+        main(["validate", "--config", str(config), "--ckpt_path", str(tmp_path / "other.ckpt")])
 
 
 def read_memory(root: Path) -> dict:

@@ -1,4 +1,4 @@
-from unike_pl.cli import main
+from unike_pl.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -6,10 +6,10 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from unike_pl.errors import UserError, exit_on_user_error, read_torch_file
 from unike_pl.knowledge.index import check_faiss_install
 
 STOPPED_BY_SIGTERM = 143
@@ -33,12 +33,30 @@ class UnikeCLI(LightningCLI):
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
-            hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+            hparams = read_checkpoint(ckpt_path).get("hyper_parameters", {})
             stored = hparams.get("_class_path")
             configured = self.config[subcommand].get("model", {}).get("class_path")
             if stored is not None and configured is not None and stored != configured:
                 return
         super()._parse_ckpt_path()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        ckpt_path = self.config_init[subcommand].get("ckpt_path")
+        if ckpt_path and ckpt_path not in CHECKPOINT_ALIASES:
+            read_checkpoint(ckpt_path)  # fails naming the file, before Lightning's own reader
+        super()._run_subcommand(subcommand)
+
+
+CHECKPOINT_ALIASES = ("last", "best", "hpc", "registry")
+"""`--ckpt_path` values that Lightning resolves itself instead of naming a file."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint (memory-mapped: only what is looked at is read), or a named error."""
+    checkpoint = read_torch_file(path, "a Lightning checkpoint", map_location="cpu", mmap=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"{path}: not a Lightning checkpoint (it has no state_dict)")
+    return checkpoint
 
 
 def main(args: list[str] | None = None) -> UnikeCLI:
@@ -60,3 +78,9 @@ def main(args: list[str] | None = None) -> UnikeCLI:
             file=sys.stderr,
         )
         sys.exit(STOPPED_BY_SIGTERM)
+
+
+def run() -> None:
+    """The command line: `main`, with user errors printed on one line (exit 2; `--debug` shows the
+    traceback)."""
+    exit_on_user_error(main)()

@@ -6,19 +6,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from unike_pl.errors import UserError
 from unike_pl.io import atomic_write_bytes, atomic_write_json
 
 KEY_FILE = "key.json"
-
-
-def file_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _compact(ids: Any) -> Any:
@@ -48,10 +46,16 @@ class PreEditCache:
         """The cached predictions of exactly these records, or `compute()`'s, which are then cached."""
         file = self.path(records)
         if file.is_file():
-            payload = torch.load(file, weights_only=True)
-            if payload["records"] != list(records):
-                raise ValueError(f"{file}: holds records {payload['records']}, expected {list(records)}")
-            return payload["topk"]
+            try:
+                payload = torch.load(file, weights_only=True)
+            except Exception as error:  # a cache of a deterministic computation: compute it again
+                warnings.warn(
+                    f"{file}: cannot be read ({error}); computed again", RuntimeWarning, stacklevel=2
+                )
+            else:
+                if payload["records"] != list(records):
+                    raise UserError(f"{file}: holds records {payload['records']}, expected {list(records)}")
+                return payload["topk"]
         topk = {case: _compact(ids) for case, ids in compute().items()}
         buffer = io.BytesIO()
         torch.save({"records": list(records), "topk": topk}, buffer)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from unike_pl.errors import UserError
+
 
 def _check(section: str, values: Mapping[str, float | None], ok: Callable[[float], bool], rule: str) -> None:
     bad = [
         f"{section}.{name} = {value}" for name, value in values.items() if value is not None and not ok(value)
     ]
     if bad:
-        raise ValueError(f"{', '.join(bad)}: {rule}")
+        raise UserError(f"{', '.join(bad)}: {rule}")
 
 
 def require_positive(section: str, **values: float | None) -> None:

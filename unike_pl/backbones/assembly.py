@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, Blip2ForConditionalGeneration, LlamaForCausalLM
 
 from unike_pl.backbones.factory import BridgeSize, blip2_config, blip2_processor, init_bridge, save_backbone
+from unike_pl.errors import MissingFile, UserError
 from unike_pl.io import atomic_directory, atomic_write_json
 
 BRIDGE_CONFIG = "bridge.json"
@@ -49,13 +50,13 @@ class GGUFSource:
         spec = importlib.util.find_spec(self.package)
         folders = list(spec.submodule_search_locations or []) if spec is not None else []
         if not folders:
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"the Python package {self.package!r} that carries {self.file} is not installed; "
                 f"install it with `{self.install}`"
             )
         path = Path(folders[0]) / self.file
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"{path} does not exist: the installed {self.package!r} is not the expected release; "
                 f"reinstall it with `{self.install}`"
             )
@@ -144,13 +145,13 @@ def read_bridge(folder: str | Path) -> tuple[BridgeSize, GGUFSource, dict[str, t
     config_file, weights_file = folder / BRIDGE_CONFIG, folder / BRIDGE_WEIGHTS
     for file in (config_file, weights_file):
         if not file.is_file():
-            raise FileNotFoundError(f"bridge file {file} does not exist; train the bridge with `fit`")
+            raise MissingFile(f"bridge file {file} does not exist; train the bridge with `fit`")
     try:
         settings = json.loads(config_file.read_text(encoding="utf-8"))
         size = BridgeSize(**settings["size"])
         source = GGUFSource(**settings["language_model"])
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{config_file}: not a bridge description ({error!r})") from None
+        raise UserError(f"{config_file}: not a bridge description ({error!r})") from None
     return size, source, load_file(str(weights_file))
 
 
@@ -166,10 +167,10 @@ def load_bridge_weights(
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{file}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        raise UserError(f"{file}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     for name, tensor in state.items():
         if tensor.shape != expected[name].shape:
-            raise ValueError(
+            raise UserError(
                 f"{file}, key {name!r}: shape {tuple(tensor.shape)}, "
                 f"the model needs {tuple(expected[name].shape)}"
             )

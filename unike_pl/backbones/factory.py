@@ -28,6 +28,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from unike_pl.errors import UserError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
@@ -110,7 +112,7 @@ def _language_config(tokenizer: PreTrainedTokenizerFast, size: ModelSize, langua
         return OPTConfig(ffn_dim=size.ffn, word_embed_proj_dim=size.hidden, dropout=0.0, **common)
     if language == "llama":
         return LlamaConfig(intermediate_size=size.ffn, num_key_value_heads=size.heads, **common)
-    raise ValueError(f"language model must be 'opt' or 'llama', not {language!r}")
+    raise UserError(f"language model must be 'opt' or 'llama', not {language!r}")
 
 
 def build_blip2(

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from unike_pl.errors import UserError
+
 
 @dataclass(frozen=True)
 class DecoderLayout:
@@ -185,7 +187,7 @@ def mllm_layout(class_name: str) -> MLLMLayout:
     try:
         return MLLM_LAYOUTS[class_name]
     except KeyError:
-        raise ValueError(
+        raise UserError(
             f"no layout for model class {class_name!r}; supported: {sorted(MLLM_LAYOUTS)}"
         ) from None
 
@@ -194,6 +196,6 @@ def decoder_layout(class_name: str) -> DecoderLayout:
     try:
         return DECODER_LAYOUTS[class_name]
     except KeyError:
-        raise ValueError(
+        raise UserError(
             f"no decoder layout for language model {class_name!r}; supported: {sorted(DECODER_LAYOUTS)}"
         ) from None

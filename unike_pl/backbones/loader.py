@@ -17,6 +17,7 @@ from unike_pl.backbones.assembly import assemble_if_needed
 from unike_pl.backbones.encoding import PromptEncoder, sample_inputs
 from unike_pl.backbones.layouts import DecoderLayout, MLLMLayout, decoder_layout, mllm_layout
 from unike_pl.backbones.prompts import get_prompt_format
+from unike_pl.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -47,7 +48,7 @@ def ensure_available(config: BackboneConfig) -> None:
 def resolve_layout(hf_config: Any) -> tuple[str, MLLMLayout]:
     architectures = getattr(hf_config, "architectures", None) or []
     if not architectures:
-        raise ValueError("the model config names no architecture; save the model with save_pretrained")
+        raise UserError("the model config names no architecture; save the model with save_pretrained")
     return architectures[0], mllm_layout(architectures[0])
 
 
@@ -61,14 +62,14 @@ def load_encoder(config: BackboneConfig, hf_config: Any | None = None) -> Prompt
     text_type = hf_config.text_config.model_type
     format_name = config.prompt_format or layout.prompt_format_for(text_type)
     if format_name is None:
-        raise ValueError(f"no default prompt format for language model type {text_type!r}; set prompt_format")
+        raise UserError(f"no default prompt format for language model type {text_type!r}; set prompt_format")
     return PromptEncoder(processor, get_prompt_format(format_name), hf_config, layout)
 
 
 def load_backbone(config: BackboneConfig) -> Backbone:
     """Load weights and processor of a supported MLLM, in eval mode with all weights frozen."""
     if config.dtype not in DTYPES:
-        raise ValueError(f"dtype {config.dtype!r} is not one of {sorted(DTYPES)}")
+        raise UserError(f"dtype {config.dtype!r} is not one of {sorted(DTYPES)}")
     ensure_available(config)
     hf_config = AutoConfig.from_pretrained(config.name_or_path, local_files_only=config.local_files_only)
     architecture, _ = resolve_layout(hf_config)
@@ -112,7 +113,7 @@ class Backbone(nn.Module):
     def last_layers(self, count: int) -> list[int]:
         """Indices of the last `count` decoder layers (UniKE edits the last 4)."""
         if not 0 < count <= self.num_layers:
-            raise ValueError(f"cannot take the last {count} of {self.num_layers} layers")
+            raise UserError(f"cannot take the last {count} of {self.num_layers} layers")
         return list(range(self.num_layers - count, self.num_layers))
 
     def layer_part(self, index: int, path: str) -> nn.Module:

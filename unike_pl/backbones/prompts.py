@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from unike_pl.errors import UserError
+
 MARKERS = re.compile(r"(\{bos\}|\{image\}|\{prompt\})")
 
 VQA_TEMPLATE = "Question: {} Short answer:"
@@ -29,9 +31,9 @@ class PromptFormat:
     def __post_init__(self) -> None:
         for marker in ("{image}", "{prompt}"):
             if self.multimodal.count(marker) != 1:
-                raise ValueError(f"prompt format {self.name!r}: multimodal template needs one {marker}")
+                raise UserError(f"prompt format {self.name!r}: multimodal template needs one {marker}")
         if self.text_only.count("{prompt}") != 1 or "{image}" in self.text_only:
-            raise ValueError(
+            raise UserError(
                 f"prompt format {self.name!r}: text-only template needs one {{prompt}}, no {{image}}"
             )
 
@@ -96,7 +98,7 @@ def get_prompt_format(name: str) -> PromptFormat:
     try:
         return PROMPT_FORMATS[name]
     except KeyError:
-        raise ValueError(f"unknown prompt format {name!r}; known: {sorted(PROMPT_FORMATS)}") from None
+        raise UserError(f"unknown prompt format {name!r}; known: {sorted(PROMPT_FORMATS)}") from None
 
 
 def wrap_question(question: str, use_template: bool) -> str:

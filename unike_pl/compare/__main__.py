@@ -18,6 +18,7 @@ from unike_pl.cli import main as cli_main
 from unike_pl.compare.plan import Plan, Run, build_plan, slug
 from unike_pl.compare.plots import load_spaces, metric_bars, space_projection, sweep_lines
 from unike_pl.compare.table import collect_rows, markdown_table, write_tables
+from unike_pl.errors import exit_on_user_error
 from unike_pl.io import atomic_write_json, atomic_write_text
 
 console = Console()
@@ -87,4 +88,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)()

@@ -16,6 +16,7 @@ import torch  # noqa: E402
 from unike_pl.backbones.loader import BackboneConfig  # noqa: E402
 from unike_pl.compare.plan import Sweep  # noqa: E402
 from unike_pl.compare.table import STD  # noqa: E402
+from unike_pl.errors import read_torch_file  # noqa: E402
 from unike_pl.io import atomic_write_bytes  # noqa: E402
 from unike_pl.knowledge.cache import MemoryConfig, MemorySource, load_memory  # noqa: E402
 from unike_pl.knowledge.encoders import DisentangledEncoders  # noqa: E402
@@ -106,7 +107,7 @@ def load_spaces(model_args: dict[str, Any], checkpoint: str | Path) -> tuple[Any
     memory_args = dict(model_args["memory"])
     memory_args["sources"] = [MemorySource(**source) for source in memory_args["sources"]]
     memory = load_memory(backbone, MemoryConfig(**memory_args))
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = read_torch_file(checkpoint, "a DisentangleModule checkpoint", map_location="cpu")
     dim = state["hyper_parameters"]["encoder_dim"]
     encoders = DisentangledEncoders(memory.layers, memory.hidden_size, dim)
     prefix = "encoders."

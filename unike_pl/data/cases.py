@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from unike_pl.backbones.encoding import Example, PromptEncoder, select_sample
 from unike_pl.backbones.prompts import wrap_question
 from unike_pl.data.mmedit import EditRecord, MMEditFormatError, MMEditSplit
+from unike_pl.errors import UserError
 from unike_pl.metrics import names
 from unike_pl.settings import require_positive
 
@@ -122,7 +123,7 @@ class CrossTaskDataset(Dataset):
 
     def __init__(self, main: MMEditDataset, mixed: MMEditDataset, every: int = 3) -> None:
         if every < 2:
-            raise ValueError(f"every must be >= 2 (one mixed edit per `every`), got {every}")
+            raise UserError(f"every must be >= 2 (one mixed edit per `every`), got {every}")
         self.main, self.mixed, self.every = main, mixed, every
         self.length = min(len(main) * every // (every - 1), len(mixed) * every)
 

@@ -11,8 +11,10 @@ from torch.utils.data import DataLoader
 from unike_pl.backbones.loader import BackboneConfig, load_encoder
 from unike_pl.backbones.prompts import VQA_TEMPLATE
 from unike_pl.data.cases import CrossTaskDataset, EditCollator, MMEditDataset
+from unike_pl.data.fingerprint import split_fingerprint
 from unike_pl.data.mmedit import MMEditSplit, read_mmedit
 from unike_pl.data.sharding import eval_sampler
+from unike_pl.errors import UserError
 from unike_pl.settings import require_positive
 
 
@@ -82,13 +84,23 @@ class MMEditDataModule(L.LightningDataModule):
             "cross_task_file": self.hparams.cross_task_file,
         }
 
+    def fingerprint(self) -> dict[str, object]:
+        """What the scores depend on from the data's contents: the hashes of the eval split's file and
+        images (and of the cross-task split's), wherever they lie."""
+        if "eval" not in self.datasets:
+            raise RuntimeError("fingerprint() needs the eval split: call setup() first")
+        parts = {"eval": split_fingerprint(self.datasets["eval"].split)}
+        if "cross" in self.datasets:
+            parts["cross_task"] = split_fingerprint(self.datasets["cross"].mixed.split)
+        return parts
+
     def setup(self, stage: str) -> None:
         self.collator = EditCollator(load_encoder(self.backbone))
         wanted = ["train", "eval"] if stage == "fit" else ["eval"]
         for split in wanted:
             file = self.files[split]
             if file is None:
-                raise ValueError(f"stage {stage!r} needs data.{split}_file")
+                raise UserError(f"stage {stage!r} needs data.{split}_file")
             if split not in self.datasets:
                 records = self._read(file, self.task)
                 self.datasets[split] = MMEditDataset(records, self.use_template, self.hparams.limit)

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unike_pl.errors import MissingFile, UserError
 from unike_pl.mmedit_fields import GROUP_FIELD, IMAGE_FIELDS, TASKS, TEXT_FIELDS
 
 MAY_BE_EMPTY = ("pred", "alt")  # `pred` is never scored; an empty `alt` makes the record skippable
 
 
-class MMEditFormatError(ValueError):
+class MMEditFormatError(UserError):
     """Bad MMEdit input; the message starts with file, record index and field."""
 
     def __init__(self, file: str | Path, message: str, record: int | None = None, field: str | None = None):
@@ -96,11 +97,11 @@ def read_mmedit(
     images are neither checked nor meant to be read."""
     file = Path(file)
     if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+        raise UserError(f"task must be one of {TASKS}, not {task!r}")
     roots = {"image_root": Path(image_root), "rephrase_image_root": Path(rephrase_image_root)}
     for name, root in roots.items():
         if check_images and not root.is_dir():
-            raise FileNotFoundError(f"{name} {root} (for {file}) is not a folder")
+            raise MissingFile(f"{name} {root} (for {file}) is not a folder")
     raw = _load_json_list(file)
     records, skipped = [], 0
     for index, item in enumerate(raw):
@@ -129,7 +130,7 @@ def read_mmedit(
 
 def _load_json_list(file: Path) -> list[Any]:
     if not file.is_file():
-        raise FileNotFoundError(f"MMEdit file {file} does not exist")
+        raise MissingFile(f"MMEdit file {file} does not exist")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:

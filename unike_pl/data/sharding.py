@@ -16,6 +16,8 @@ import lightning as L
 import torch
 from torch.utils.data import DistributedSampler
 
+from unike_pl.errors import UserError
+
 
 class WholeBatchShards(DistributedSampler):
     """The records of this process's batches, in order; a DataLoader with the same `batch_size` cuts them
@@ -33,7 +35,7 @@ class WholeBatchShards(DistributedSampler):
         count = len(dataset)
         batches = range(0, count, batch_size)
         if len(batches) < num_replicas:
-            raise ValueError(
+            raise UserError(
                 f"{count} records in batches of {batch_size} make {len(batches)} batch(es), fewer than the "
                 f"{num_replicas} processes: run on fewer devices or with smaller batches"
             )

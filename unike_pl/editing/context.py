@@ -27,6 +27,7 @@ from transformers import AutoModel, AutoTokenizer
 from unike_pl.backbones.encoding import EXAMPLES, Example, on_device
 from unike_pl.backbones.loader import Backbone
 from unike_pl.editing.demonstrations import SELECTIONS, DemonstrationPool, read_training_facts
+from unike_pl.errors import UserError
 from unike_pl.ike_format import new_fact_block
 from unike_pl.settings import require_non_negative
 
@@ -57,10 +58,8 @@ class ContextConfig:
 
     def __post_init__(self) -> None:
         require_non_negative("in_context", k=self.k)
-        if self.k < 0:
-            raise ValueError(f"in_context.k must be at least 0, got {self.k}")
         if self.selection not in SELECTIONS:
-            raise ValueError(
+            raise UserError(
                 f"in_context.selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}"
             )
 
@@ -176,7 +175,7 @@ def build_knowledge(config: ContextConfig) -> InContextKnowledge:
     return InContextKnowledge(config, encoder, pool)
 
 
-class ContextTooLong(ValueError):
+class ContextTooLong(UserError):
     """An edit's context and a scored input together exceed the model's positions."""
 
 

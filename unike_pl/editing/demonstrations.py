@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from unike_pl.data.mmedit import read_mmedit
+from unike_pl.errors import UserError
 from unike_pl.ike_format import copy_demonstration, retain_demonstration, update_demonstration
 
 SELECTIONS = ("ranked", "paper")
@@ -49,7 +50,7 @@ class TrainingFact:
             return update_demonstration(self.prompt, self.target, self.rephrase)
         if kind == "retain":
             return retain_demonstration(self.prompt, self.target, self.question, self.answer)
-        raise ValueError(f"no demonstration kind {kind!r}")
+        raise UserError(f"no demonstration kind {kind!r}")
 
 
 def read_training_facts(file: str | Path, task: str) -> list[TrainingFact]:
@@ -75,9 +76,7 @@ class DemonstrationPool:
 
     def __init__(self, facts: Sequence[TrainingFact], embed: Embed, selection: str = "ranked") -> None:
         if selection not in SELECTIONS:
-            raise ValueError(
-                f"in_context.selection must be one of {', '.join(SELECTIONS)}, got {selection!r}"
-            )
+            raise UserError(f"in_context.selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
         self.facts = list(facts)
         self.embed = embed
         self.selection = selection

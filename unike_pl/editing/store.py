@@ -11,34 +11,21 @@ from typing import Any
 
 import torch
 
+from unike_pl.errors import UserError
 from unike_pl.io import atomic_write_json
-
-SETTINGS_FILE = "settings.json"
+from unike_pl.run_key import RunKey
 
 
 class EditResultStore:
     """One JSON file per edited batch (one edit, or one sequence of T edits) under `folder`.
 
-    `settings.json` records what the results depend on; a folder written under other settings is refused,
-    so a changed config can never silently reuse stale edits.
+    The folder holds the run key its edits were made under; a run under another key is refused, so a
+    changed model, checkpoint, data file, image or setting never silently reuses stale edits.
     """
 
-    def __init__(self, folder: str | Path, settings: Mapping[str, Any]) -> None:
+    def __init__(self, folder: str | Path, key: RunKey) -> None:
         self.folder = Path(folder)
-        self.settings = json.loads(json.dumps(dict(settings), default=str))
-        file = self.folder / SETTINGS_FILE
-        if file.is_file():
-            stored = json.loads(file.read_text())
-            changed = sorted(
-                k for k in set(stored) | set(self.settings) if stored.get(k) != self.settings.get(k)
-            )
-            if changed:
-                raise ValueError(
-                    f"{file}: edits in this folder were made with other settings ({', '.join(changed)}); "
-                    "point `edits_dir` at a new folder or delete this one"
-                )
-        else:
-            atomic_write_json(file, self.settings)
+        key.claim(self.folder, "edits")
 
     def path(self, records: Sequence[int]) -> Path:
         return self.folder / f"records_{records[0]:06d}_{len(records):03d}.json"
@@ -61,9 +48,9 @@ class EditResultStore:
             warnings.warn(f"{file}: {problem}; the edit is redone", RuntimeWarning, stacklevel=2)
             return None
         if result.get("records") != list(records):
-            raise ValueError(f"{file}: holds records {result.get('records')}, expected {list(records)}")
+            raise UserError(f"{file}: holds records {result.get('records')}, expected {list(records)}")
         if "groups" in result and result["groups"] != list(groups):
-            raise ValueError(
+            raise UserError(
                 f"{file}: holds records of groups {result['groups']}, but the data gives {list(groups)}; "
                 "point `edits_dir` at a new folder or delete this one"
             )

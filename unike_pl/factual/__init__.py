@@ -10,6 +10,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from unike_pl.errors import MissingFile, UserError
+
 FIELDS = ("loc", "loc_ans")
 
 
@@ -17,7 +19,7 @@ def read_questions(file: str | Path) -> list[dict[str, str]]:
     """The question/answer pairs of a JSON Lines file, one object with `loc` and `loc_ans` per line."""
     file = Path(file)
     if not file.is_file():
-        raise FileNotFoundError(f"factual question file {file} does not exist")
+        raise MissingFile(f"factual question file {file} does not exist")
     questions = []
     for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -25,15 +27,15 @@ def read_questions(file: str | Path) -> list[dict[str, str]]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{file}, line {number}: not valid JSON ({error.msg})") from None
+            raise UserError(f"{file}, line {number}: not valid JSON ({error.msg})") from None
         if not isinstance(item, dict):
-            raise ValueError(f"{file}, line {number}: expected an object, found a {type(item).__name__}")
+            raise UserError(f"{file}, line {number}: expected an object, found a {type(item).__name__}")
         for field in FIELDS:
             if not isinstance(item.get(field), str) or not item[field].strip():
-                raise ValueError(f"{file}, line {number}, field {field!r}: missing or not a non-empty string")
+                raise UserError(f"{file}, line {number}, field {field!r}: missing or not a non-empty string")
         questions.append({field: item[field] for field in FIELDS})
     if not questions:
-        raise ValueError(f"{file}: holds no questions")
+        raise UserError(f"{file}: holds no questions")
     return questions
 
 

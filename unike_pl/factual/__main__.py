@@ -17,6 +17,7 @@ import torch
 
 from unike_pl.backbones.encoding import Example
 from unike_pl.backbones.loader import Backbone, BackboneConfig, load_backbone
+from unike_pl.errors import exit_on_user_error
 from unike_pl.factual import read_questions, to_jsonl
 from unike_pl.io import atomic_write_text
 from unike_pl.metrics.scorers import exact_match
@@ -57,4 +58,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_on_user_error(main)())

@@ -20,7 +20,9 @@ from rich.progress import Progress
 from unike_pl.backbones.fingerprint import backbone_fingerprint
 from unike_pl.backbones.loader import BackboneConfig, load_backbone
 from unike_pl.data.cases import MMEditDataset
-from unike_pl.data.mmedit import read_mmedit
+from unike_pl.data.fingerprint import split_fingerprint
+from unike_pl.data.mmedit import MMEditSplit, read_mmedit
+from unike_pl.errors import UserError
 from unike_pl.knowledge.index import IndexConfig
 from unike_pl.knowledge.memory import KnowledgeMemory
 from unike_pl.knowledge.mining import mine_memory
@@ -73,11 +75,12 @@ class MemoryConfig:
 
 
 def memory_path(backbone: BackboneConfig, config: MemoryConfig) -> Path:
-    """The cache file of this model, these sources and layers: a change to any of them is a new file."""
+    """The cache file of this model, these sources (their files and images) and layers: a change to any
+    of them is a new file."""
     digest = hashlib.sha256(backbone_fingerprint(backbone).encode())
-    for source in config.sources:
+    for source, split in zip(config.sources, source_splits(config), strict=True):
         digest.update(json.dumps(asdict(source), sort_keys=True).encode())
-        digest.update(hashlib.sha256(Path(source.file).read_bytes()).digest())
+        digest.update(json.dumps(split_fingerprint(split), sort_keys=True).encode())
     digest.update(
         f"layers={config.edited_layers};template={config.use_template};limit={config.limit};"
         f"tokens={config.max_new_tokens}".encode()
@@ -95,22 +98,23 @@ class Chunk:
     file: Path
 
 
-def source_datasets(config: MemoryConfig) -> list[MMEditDataset]:
-    """The records of every source, as mining and the triplets' examples read them."""
+def source_splits(config: MemoryConfig) -> list[MMEditSplit]:
+    """Every source, read and checked."""
     return [
-        MMEditDataset(
-            read_mmedit(
-                source.file,
-                source.task,
-                source.image_root,
-                source.rephrase_image_root,
-                allow_outside_roots=config.allow_outside_roots,
-            ),
-            config.use_template,
-            config.limit,
+        read_mmedit(
+            source.file,
+            source.task,
+            source.image_root,
+            source.rephrase_image_root,
+            allow_outside_roots=config.allow_outside_roots,
         )
         for source in config.sources
     ]
+
+
+def source_datasets(config: MemoryConfig) -> list[MMEditDataset]:
+    """The records of every source, as mining and the triplets' examples read them."""
+    return [MMEditDataset(split, config.use_template, config.limit) for split in source_splits(config)]
 
 
 def memory_chunks(path: Path, config: MemoryConfig, datasets: list[MMEditDataset]) -> list[Chunk]:
@@ -165,7 +169,7 @@ def build_memory(
     barrier()
     if not path.is_file():
         files = ", ".join(source.file for source in config.sources)
-        raise ValueError(f"the model answers every training question right: no triplets in {files}")
+        raise UserError(f"the model answers every training question right: no triplets in {files}")
     return path
 
 

@@ -13,6 +13,7 @@ from unike_pl.backbones.encoding import Example
 from unike_pl.backbones.loader import BackboneConfig
 from unike_pl.data.cases import MMEditDataset
 from unike_pl.data.sharding import eval_sampler
+from unike_pl.errors import UserError
 from unike_pl.knowledge.cache import MemoryConfig, build_memory, source_datasets
 from unike_pl.knowledge.memory import STATE_KINDS, KnowledgeMemory, Triplet
 from unike_pl.metrics import names
@@ -34,7 +35,7 @@ class TripletExamples:
         for row in rows:
             triplet = self.triplets[row]
             if triplet.file not in self.sources:
-                raise ValueError(
+                raise UserError(
                     f"memory triplet {row} comes from {triplet.file}, which is not a memory source"
                 )
             dataset, positions = self.sources[triplet.file]
@@ -124,7 +125,7 @@ class KnowledgeMemoryDataModule(L.LightningDataModule):
         records = record_numbers(self.memory)
         count = int(records.max()) + 1
         if count < 2:
-            raise ValueError(
+            raise UserError(
                 f"the knowledge memory has triplets of {count} record: training and held-out records need 2"
             )
         order = torch.randperm(count, generator=torch.Generator().manual_seed(self.hparams.seed))

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unike_pl.errors import UserError
+
 ZETA_KINDS = ("truthful", "semantic", "random")
 """Which direction moves the new values: ζ (UniKE), the semantic-space analogue, or a random vector of
 ζ's norm mapped by the same W_ζ (the last two are the paper's Figure 4c controls)."""
@@ -86,7 +88,7 @@ class DisentangledEncoders(nn.Module):
             generator = torch.Generator().manual_seed(seed * 1000 + layer)
             direction = torch.randn(self.dim, generator=generator).to(self.zeta)
             return direction * self.zeta[i].norm() / direction.norm()
-        raise ValueError(f"unknown ζ kind {kind!r}; choose one of {', '.join(ZETA_KINDS)}")
+        raise UserError(f"unknown ζ kind {kind!r}; choose one of {', '.join(ZETA_KINDS)}")
 
     def value_direction(self, layer: int, kind: str = "truthful", seed: int = 0) -> torch.Tensor:
         """ζ' = W_ζ ζ in the hidden space of `layer`, (hidden,): the direction β scales on the new values

@@ -16,6 +16,7 @@ import faiss.contrib.torch_utils  # noqa: F401  (lets FAISS indexes take torch t
 import torch
 import torch.nn.functional as F
 
+from unike_pl.errors import UserError
 from unike_pl.settings import require_positive
 
 INDEX_DEVICES = ("auto", "cpu", "gpu")
@@ -38,9 +39,9 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         if self.device not in INDEX_DEVICES:
-            raise ValueError(f"index.device must be one of {', '.join(INDEX_DEVICES)}, got {self.device!r}")
+            raise UserError(f"index.device must be one of {', '.join(INDEX_DEVICES)}, got {self.device!r}")
         if self.kind not in INDEX_KINDS:
-            raise ValueError(f"index.kind must be one of {', '.join(INDEX_KINDS)}, got {self.kind!r}")
+            raise UserError(f"index.kind must be one of {', '.join(INDEX_KINDS)}, got {self.kind!r}")
         require_positive("index", lists=self.lists, probes=self.probes)
 
 
@@ -60,7 +61,7 @@ def check_faiss_install(packages: list[str] | None = None) -> None:
     survived the second install is a matter of luck."""
     packages = faiss_packages() if packages is None else packages
     if len(packages) > 1:
-        raise RuntimeError(
+        raise UserError(
             f"several FAISS packages are installed ({', '.join(packages)}); they overwrite each other's "
             "files. Keep one: `pip uninstall -y " + " ".join(packages) + "` and then `pip install "
             "faiss-cpu` (CPU) or `pip install faiss-gpu` (GPU; it also runs its CPU indexes)"
@@ -74,7 +75,7 @@ def index_gpu(config: IndexConfig, device: torch.device | None) -> int | None:
     if config.device == "cpu" or (config.device == "auto" and not (on_cuda and gpu_available())):
         return None
     if not gpu_available():
-        raise RuntimeError(
+        raise UserError(
             "index.device is gpu but FAISS sees no GPU (the faiss-cpu package, or no CUDA device): "
             "install faiss-gpu on a GPU machine, or set index.device to auto or cpu"
         )
@@ -129,7 +130,7 @@ def _cpu_index(config: IndexConfig, keys: torch.Tensor) -> faiss.Index:
     else:
         lists = config.lists or max(1, round(4 * math.sqrt(count)))
         if lists > count:
-            raise ValueError(
+            raise UserError(
                 f"index.lists is {lists} but the memory has {count} keys: an inverted file needs at least "
                 "one key per list"
             )

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from unike_pl.errors import read_torch_file
 from unike_pl.io import atomic_write_bytes
 
 STATE_KINDS = ("sem", "pos", "neg", "ffn")
@@ -80,8 +81,5 @@ class KnowledgeMemory:
 
     @classmethod
     def load(cls, path: str | Path) -> KnowledgeMemory:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"knowledge memory {path} does not exist; build it with `fit`")
-        payload = torch.load(path, weights_only=True)
+        payload = read_torch_file(path, "a knowledge memory (build it with `fit`)")
         return cls(payload["layers"], payload["states"], [Triplet(**t) for t in payload["triplets"]])

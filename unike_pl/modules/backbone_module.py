@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 
 from unike_pl.backbones.loader import Backbone, BackboneConfig, load_backbone
+from unike_pl.errors import UserError
 from unike_pl.metrics.groups import GroupedMetrics
 
 BACKBONE_PREFIX = "backbone."
@@ -44,7 +45,7 @@ class BackboneModule(L.LightningModule):
         foreign = sorted({key.split(".")[0] for key in checkpoint.get("state_dict", {}) if key not in own})
         if foreign:
             source = checkpoint.get("hyper_parameters", {}).get("_class_path", "another module")
-            raise ValueError(
+            raise UserError(
                 f"the checkpoint holds weights {type(self).__name__} has no place for "
                 f"({', '.join(f'{part}.*' for part in foreign)}): it was written by {source}; pass a "
                 "checkpoint of this method"

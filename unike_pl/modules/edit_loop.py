@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 from abc import abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
@@ -18,12 +19,14 @@ from unike_pl.backbones.loader import BackboneConfig
 from unike_pl.data.cases import EditBatch
 from unike_pl.editing.base import Editor
 from unike_pl.editing.store import EditResultStore, as_tensors
+from unike_pl.folder_lock import FolderLock
 from unike_pl.metrics import names
 from unike_pl.metrics.editing import SampleMean, build_editing_metrics
 from unike_pl.metrics.gate import GateReadings, GateSummary, gate_readings
 from unike_pl.metrics.groups import GroupedMetrics, add_scores
 from unike_pl.modules.backbone_module import BackboneModule, set_record_groups
-from unike_pl.pre_edit_cache import PreEditCache, file_digest
+from unike_pl.pre_edit_cache import PreEditCache
+from unike_pl.run_key import RunKey, plain
 from unike_pl.scoring import (
     PRE_EDIT_TOP_K,
     PreEdit,
@@ -37,6 +40,31 @@ from unike_pl.scoring import (
 )
 
 STAGES = ("val", "test")
+
+RESULT_INDEPENDENT = (
+    "edits_dir",
+    "scoring.pre_edit_cache",
+    "scoring.allow_non_finite",
+    "memory.cache_dir",
+    "memory.chunk_records",
+    "num_workers",
+    "limit",
+)
+"""Settings left out of the run key: where results and caches go, speed, and whether diverged edits
+fail the run; `limit` only shortens the list of records (each record's result is stored on its own)."""
+
+KEYED_BY_CONTENT = (
+    "backbone.name_or_path",
+    "eval_file",
+    "cross_task_file",
+    "train_file",
+    "image_root",
+    "rephrase_image_root",
+    "in_context.demonstrations_file",
+    "router_checkpoint",
+)
+"""Paths whose contents the run key hashes (the model's files, the data and its images, the
+demonstrations, the trained weights): the same files in another place give the same key."""
 
 
 class EditingLoop(BackboneModule):
@@ -59,7 +87,9 @@ class EditingLoop(BackboneModule):
         self.edits_dir = edits_dir
         self.seed = seed
         self.editor: Editor | None = None
+        self.key: RunKey | None = None
         self.store: EditResultStore | None = None
+        self.lock: FolderLock | None = None
         self.pre_edit_cache: PreEditCache | None = None
         metrics = build_editing_metrics(
             self.scoring.target_scorer, self.scoring.locality_scorer, self.scoring.generation
@@ -83,7 +113,43 @@ class EditingLoop(BackboneModule):
 
     @abstractmethod
     def method_settings(self) -> dict[str, Any]:
-        """The method's settings, recorded beside every score and checked by the per-edit store."""
+        """The method's settings, recorded beside every score."""
+
+    def trained_weights(self) -> dict[str, torch.Tensor]:
+        """The trained weights the method edits with (part of the run key); none by default."""
+        return {}
+
+    def input_fingerprints(self) -> dict[str, Any]:
+        """Hashes of what the method reads besides the model and the eval data (its knowledge memory,
+        its demonstrations), part of the run key; none by default."""
+        return {}
+
+    def run_key(self) -> RunKey:
+        """Everything the scores of this run depend on: the model's files, the trained weights, the
+        method's other inputs, the eval data's files and images, every other setting (all but
+        `RESULT_INDEPENDENT` and the paths in `KEYED_BY_CONTENT`) and the precision."""
+        missing = [
+            name
+            for name, parameter in inspect.signature(type(self).__init__).parameters.items()
+            if name != "self"
+            and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+            and name not in self.hparams
+        ]
+        if missing:  # a subclass that forgot save_hyperparameters() would key on its parent's settings
+            raise RuntimeError(f"{type(self).__name__} saved no hyperparameters {missing}")
+        datamodule = self.trainer.datamodule
+        weights = self.trained_weights()
+        return RunKey(
+            {
+                "model": backbone_fingerprint(self.backbone_config),
+                "weights": weights_fingerprint(weights) if weights else None,
+                "inputs": self.input_fingerprints(),
+                "data": datamodule.fingerprint(),
+                "method": plain(self.hparams, RESULT_INDEPENDENT + KEYED_BY_CONTENT),
+                "data_settings": plain(datamodule.hparams, RESULT_INDEPENDENT + KEYED_BY_CONTENT),
+                "precision": str(self.trainer.precision),
+            }
+        )
 
     def setup(self, stage: str) -> None:
         set_record_groups(self, self.metrics.values())
@@ -91,19 +157,28 @@ class EditingLoop(BackboneModule):
     def _start(self) -> None:
         self.editor = self.build_editor()
         self.gate.reset()
-        data_settings = self.trainer.datamodule.result_settings()
+        self.key = self.run_key()
         if self.edits_dir is not None:
-            self.store = EditResultStore(self.edits_dir, {**self.result_settings(), **data_settings})
+            if self.trainer.is_global_zero:  # one lock per run: the processes of a run share the folder
+                self.lock = FolderLock(self.edits_dir)
+                self.lock.acquire()
+                EditResultStore(self.edits_dir, self.key)  # the key is written before any process reads it
+            self.trainer.strategy.barrier("edits folder claimed")
+            self.store = EditResultStore(self.edits_dir, self.key)
         if self.scoring.pre_edit_cache is not None:
-            files = [data_settings.get("eval_file"), data_settings.get("cross_task_file")]
             key = {
-                "model": backbone_fingerprint(self.backbone_config),
-                "files": {str(f): file_digest(f) for f in files if f},
-                "data": data_settings,
+                "model": self.key.parts["model"],
+                "data": self.key.parts["data"],
+                "data_settings": self.trainer.datamodule.result_settings(),
                 "top_k": PRE_EDIT_TOP_K,
                 "cases": [*names.LOCALITY_CASES, names.HARD_NEIGHBOURS],
             }
             self.pre_edit_cache = PreEditCache(self.scoring.pre_edit_cache, key)
+
+    def _finish(self, stage: str) -> None:
+        if self.lock is not None:
+            self.lock.release()
+        self._check_finite(stage)
 
     def _pre_edit(self, batch: EditBatch) -> PreEdit:
         """The unedited model's top-k ids on the batch's locality inputs, from the cache when it has them."""
@@ -128,10 +203,10 @@ class EditingLoop(BackboneModule):
             )
 
     def on_validation_end(self) -> None:
-        self._check_finite("val")
+        self._finish("val")
 
     def on_test_end(self) -> None:
-        self._check_finite("test")
+        self._finish("test")
 
     def _logged(self, stage: str) -> Iterator[tuple[str, Metric]]:
         """(logged name, metric) of everything the loop logs for `stage` that has scored something: the
@@ -217,7 +292,8 @@ class EditingLoop(BackboneModule):
         self._step(batch, "test")
 
     def result_settings(self) -> dict[str, Any]:
-        return {**super().result_settings(), **self.scoring.settings(), **self.method_settings()}
+        key = {"run_key": self.key.summary()} if self.key is not None else {}
+        return {**super().result_settings(), **self.scoring.settings(), **self.method_settings(), **key}
 
 
 def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
@@ -250,6 +326,10 @@ class TrainedEditingLoop(EditingLoop):
     def on_validation_start(self) -> None:
         if not self.fitting:
             super().on_validation_start()
+
+    def on_validation_end(self) -> None:
+        if not self.fitting:
+            super().on_validation_end()
 
     def validation_step(self, batch: EditBatch, batch_idx: int) -> None:
         if self.fitting:

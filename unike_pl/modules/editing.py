@@ -8,11 +8,13 @@ from typing import Any
 import torch
 
 from unike_pl.backbones.loader import BackboneConfig
+from unike_pl.data.fingerprint import file_digest
 from unike_pl.editing.context import ContextConfig, build_knowledge
 from unike_pl.editing.editor import IntrinsicConfig, UniKEEditor
 from unike_pl.editing.latent import FixedGate, KnowledgeInjection, LatentConfig, LayerKnowledge, SemanticGate
 from unike_pl.editing.unrelated import UnrelatedInputs
-from unike_pl.knowledge.cache import MemoryConfig, load_memory
+from unike_pl.errors import UserError
+from unike_pl.knowledge.cache import MemoryConfig, load_memory, memory_path
 from unike_pl.knowledge.datamodule import TripletExamples
 from unike_pl.knowledge.encoders import DisentangledEncoders
 from unike_pl.knowledge.memory import KnowledgeMemory
@@ -92,7 +94,7 @@ class EditingModule(EditingLoop):
         has_encoders = any(key.startswith("encoders.") for key in weights)
         missing = [key for key in ("encoders.zeta_map", "encoders.gate_threshold") if key not in weights]
         if has_encoders and missing:
-            raise ValueError(
+            raise UserError(
                 f"the encoders checkpoint lacks {', '.join(missing)}: it was written before W_ζ and the "
                 "gate threshold were fitted in disentangling; refit it with "
                 "`fit --config configs/disentangle.yaml` (the memory cache is reused)"
@@ -108,7 +110,7 @@ class EditingModule(EditingLoop):
 
     def build_editor(self) -> UniKEEditor:
         if self.needs_encoders and not self.encoders.trained:
-            raise ValueError(
+            raise UserError(
                 "this method uses the trained encoders (β·ζ' or α from Enc_Sem): pass a DisentangleModule "
                 "checkpoint with --ckpt_path (train one with `fit --config configs/disentangle.yaml`)"
             )
@@ -157,6 +159,17 @@ class EditingModule(EditingLoop):
         }
         examples = TripletExamples(self.memory_config, [memory.triplets[int(row)] for row in rows])
         return UnrelatedInputs(self.mllm, states["sem"], states["ffn"], examples)
+
+    def trained_weights(self) -> dict[str, torch.Tensor]:
+        return self.encoders.state_dict() if self.needs_encoders else {}
+
+    def input_fingerprints(self) -> dict[str, Any]:
+        inputs: dict[str, Any] = {}
+        if self.intrinsic is not None or self.latent is not None:
+            inputs["memory"] = memory_path(self.backbone_config, self.memory_config).parent.name
+        if self.in_context is not None and self.in_context.demonstrations_file is not None:
+            inputs["demonstrations"] = file_digest(self.in_context.demonstrations_file)
+        return inputs
 
     def method_settings(self) -> dict[str, Any]:
         return {

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from unike_pl.ldke.router import RoutedEditor, RouterConfig
-from unike_pl.modules.edit_loop import weights_fingerprint
 from unike_pl.modules.editing import EditingModule
 from unike_pl.modules.router import load_classifier
 
@@ -28,16 +29,16 @@ class LDKEModule(EditingModule):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         self.router = router or RouterConfig()
-        self.router_fingerprint: str | None = None
+        self.classifier: torch.nn.Module | None = None
 
     def build_editor(self) -> RoutedEditor:
         classifier = load_classifier(self.hparams.router_checkpoint, self.mllm.hidden_size, self.router)
-        self.router_fingerprint = weights_fingerprint(classifier.state_dict())
-        return RoutedEditor(super().build_editor(), classifier.to(self.device), self.router)
+        self.classifier = classifier.to(self.device)
+        return RoutedEditor(super().build_editor(), self.classifier, self.router)
+
+    def trained_weights(self) -> dict[str, torch.Tensor]:
+        router = self.classifier.state_dict() if self.classifier is not None else {}
+        return {**super().trained_weights(), **{f"router.{k}": v for k, v in router.items()}}
 
     def method_settings(self) -> dict[str, Any]:
-        return {
-            **super().method_settings(),
-            "router": vars(self.router),
-            "router_weights": self.router_fingerprint,
-        }
+        return {**super().method_settings(), "router": vars(self.router)}

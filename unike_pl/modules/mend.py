@@ -21,13 +21,14 @@ from unike_pl.editing.mend import (
     updates_applied,
 )
 from unike_pl.editing.tail import TailRunner
+from unike_pl.errors import UserError
 from unike_pl.losses import answer_loss, kl_to_reference
 from unike_pl.metrics import names
 from unike_pl.metrics.editing import SampleMean
 from unike_pl.metrics.groups import add_scores
 from unike_pl.metrics.scorers import locality_scores, target_scorer, top_k_predictions
 from unike_pl.metrics.validation import ValidationMeans
-from unike_pl.modules.edit_loop import TrainedEditingLoop, weights_fingerprint
+from unike_pl.modules.edit_loop import TrainedEditingLoop
 from unike_pl.scoring import PRE_EDIT_TOP_K, ScoringConfig
 
 
@@ -186,7 +187,7 @@ class MENDModule(TrainedEditingLoop):
     # --- editing ---------------------------------------------------------------------------------------
     def build_editor(self) -> MENDEditor:
         if not bool(self.hypernetwork.trained):
-            raise ValueError(
+            raise UserError(
                 "MEND edits with a trained hypernetwork: pass a MENDModule checkpoint with --ckpt_path "
                 "(train one with `python -m unike_pl fit --config configs/mend_vqa.yaml`)"
             )
@@ -195,6 +196,7 @@ class MENDModule(TrainedEditingLoop):
     def method_settings(self) -> dict[str, Any]:
         return {
             "mend": vars(self.mend),
-            # A retrained hypernetwork must not reuse the per-edit results of the previous one.
-            "hypernetwork": weights_fingerprint(self.hypernetwork.state_dict()),
         }
+
+    def trained_weights(self) -> dict[str, torch.Tensor]:
+        return self.hypernetwork.state_dict()

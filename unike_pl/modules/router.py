@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torchmetrics import MeanMetric
 
 from unike_pl.backbones.loader import BackboneConfig
 from unike_pl.data.cases import EditBatch
+from unike_pl.errors import UserError, read_torch_file
 from unike_pl.ldke.router import KINDS, DisentanglementClassifier, RouterConfig, batch_features, routing_loss
 from unike_pl.metrics.validation import ValidationMeans
 from unike_pl.modules.backbone_module import BackboneModule
@@ -84,14 +83,11 @@ class DisentanglementClassifierModule(BackboneModule):
 
 def load_classifier(path: str, hidden_size: int, config: RouterConfig) -> DisentanglementClassifier:
     """The classifier of a DisentanglementClassifierModule checkpoint."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(
-            f"{path}: no router checkpoint; train one with `fit --config configs/ldke_router.yaml`"
-        )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    what = "a router checkpoint (train one with `fit --config configs/ldke_router.yaml`)"
+    checkpoint = read_torch_file(path, what, map_location="cpu")
     state = {k[len(CLASSIFIER) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(CLASSIFIER)}
     if not state:
-        raise ValueError(
+        raise UserError(
             f"{path}: no router weights ({CLASSIFIER}*); is it a DisentanglementClassifierModule checkpoint?"
         )
     classifier = DisentanglementClassifier(hidden_size, config)

@@ -19,9 +19,10 @@ from unike_pl.editing.serac import (
     scope_features,
     scope_loss,
 )
+from unike_pl.errors import UserError
 from unike_pl.metrics import names
 from unike_pl.metrics.validation import ValidationMeans
-from unike_pl.modules.edit_loop import TrainedEditingLoop, weights_fingerprint
+from unike_pl.modules.edit_loop import TrainedEditingLoop
 from unike_pl.scoring import ScoringConfig
 
 COUNTERFACTUAL = "counterfactual_model."
@@ -85,7 +86,7 @@ class SERACModule(TrainedEditingLoop):
     # --- editing (validate / test) -------------------------------------------------------------------
     def build_editor(self) -> SERACEditor:
         if not bool(self.trained):
-            raise ValueError(
+            raise UserError(
                 "SERAC edits with a trained scope classifier and counterfactual model: pass a SERACModule "
                 "checkpoint with --ckpt_path (train one with `fit --config configs/serac_vqa.yaml`)"
             )
@@ -97,12 +98,10 @@ class SERACModule(TrainedEditingLoop):
         return {
             "scope": vars(self.scope),
             "counterfactual": vars(self.counterfactual),
-            "trained_weights": self.trained_fingerprint(),
         }
 
-    def trained_fingerprint(self) -> str:
-        """A hash of the trained weights, so that edits stored under another checkpoint are never reused."""
-        return weights_fingerprint(self.trained_state())
+    def trained_weights(self) -> dict[str, torch.Tensor]:
+        return self.trained_state()
 
     def fit_validation_step(self, batch: EditBatch, batch_idx: int) -> None:
         # While fitting: a cheap signal instead of editing (routing and counterfactual answers).

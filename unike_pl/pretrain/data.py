@@ -15,6 +15,7 @@ from unike_pl.backbones.encoding import Example, PromptEncoder
 from unike_pl.backbones.loader import BackboneConfig, load_encoder
 from unike_pl.data.cases import open_image
 from unike_pl.data.sharding import eval_sampler
+from unike_pl.errors import MissingFile, UserError
 from unike_pl.world.confusions import perceive
 from unike_pl.world.context import IMAGE_ROOT
 from unike_pl.world.scenes import HEAD_ATTRIBUTES, VOCABULARY, Scene
@@ -52,15 +53,15 @@ class PretrainDataset(Dataset):
     def __init__(self, file: Path, image_root: Path, text_repeats: int = 1) -> None:
         self.file, self.image_root = file, image_root
         if not file.is_file():
-            raise FileNotFoundError(f"pretraining file {file} does not exist; generate the world first")
+            raise MissingFile(f"pretraining file {file} does not exist; generate the world first")
         self.items = json.loads(file.read_text(encoding="utf-8"))
         for index, item in enumerate(self.items):
             missing = [field for field in FIELDS if field not in item]
             if missing:
-                raise ValueError(f"{file}, record {index}, field {missing[0]!r}: missing")
+                raise UserError(f"{file}, record {index}, field {missing[0]!r}: missing")
         text = [i for i, item in enumerate(self.items) if item["image"] is None]
         if text_repeats < 0:
-            raise ValueError(f"text_repeats must be 0 or more, not {text_repeats}")
+            raise UserError(f"text_repeats must be 0 or more, not {text_repeats}")
         if text_repeats == 0:
             self.order = [i for i, item in enumerate(self.items) if item["image"] is not None]
         else:

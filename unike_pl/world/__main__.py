@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from unike_pl.errors import exit_on_user_error
 from unike_pl.world.generate import SCALES, generate_world, world_status
 from unike_pl.world.leakage import check_leakage, format_report, unseen_leaks
 from unike_pl.world.manifest import WorldError, load_manifest
@@ -95,4 +96,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_on_user_error(main)())

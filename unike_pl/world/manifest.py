@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from unike_pl.errors import UserError
+
 MANIFEST_NAME = "world.json"
 # Bump whenever the same seed would produce different files (templates, rules, rendering, stream ids...).
 GENERATOR_VERSION = "2.0.0"
@@ -24,7 +26,7 @@ FILES: dict[str, str] = {
 }
 
 
-class WorldError(RuntimeError):
+class WorldError(UserError):
     """A world folder is missing, incomplete or not the one asked for."""
 
 
