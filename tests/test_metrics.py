@@ -453,3 +453,19 @@ def test_atomic_writes_leave_ordinary_permissions(tmp_path):
     os.umask(mask)
     assert (tmp_path / "scores.json").stat().st_mode & 0o777 == 0o666 & ~mask
     assert (tmp_path / "model").stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_an_unchanged_input_keeps_its_locality_where_logits_tie(dtype) -> None:
+    """Both sides of a locality comparison come from one top-k call with the same number of ranks: torch
+    breaks ties differently for k = 10 (the cached pre-edit ids) and k = 1, so identical logits with ties
+    (common in half precision) used to score below 100."""
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(8, 12, 50, generator=generator) * 4).round().to(dtype)  # many ties per position
+    assert not torch.equal(top_k_predictions(logits, 1)[..., 0], top_k_predictions(logits, 10)[..., 0])
+    pre_topk = top_k_predictions(logits, 10)  # as cached before the edit
+    labels = torch.full((8, 12), IGNORE)
+    labels[:, 6:] = 3
+    mask = torch.ones(8, 12, dtype=torch.long)
+    for scorer, k in [(ANSWER_TOP1, 1), (SEQUENCE_TOPK, 1), (SEQUENCE_TOPK, 10)]:
+        assert locality_scores(scorer, logits, pre_topk, labels, mask, k).tolist() == [1.0] * 8

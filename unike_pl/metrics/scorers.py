@@ -131,7 +131,8 @@ def top_k_predictions(logits: Tensor, k: int) -> Tensor:
     """Return the ordered top-k token ids of every position, (batch, seq, k) int64, best first.
 
     This is what gets cached for the pre-edit model instead of full logits: k ids per position rather than
-    the whole vocabulary. Post-edit predictions go through this same function so that ties break alike.
+    the whole vocabulary. Post-edit predictions go through this same function with as many ranks, so that
+    ties break alike.
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must be (batch, seq, vocab), got shape {tuple(logits.shape)}")
@@ -139,24 +140,24 @@ def top_k_predictions(logits: Tensor, k: int) -> Tensor:
     return torch.topk(logits, k, dim=-1, largest=True, sorted=True).indices  # (batch, seq, k)
 
 
-def answer_top1_agreement(post_logits: Tensor, pre_top1: Tensor, labels: Tensor) -> Tensor:
+def answer_top1_agreement(post_logits: Tensor, pre_ids: Tensor, labels: Tensor) -> Tensor:
     """UniKE's locality: fraction of answer positions where post-edit argmax equals pre-edit argmax.
 
     Answer positions are the t whose next label `labels[:, t + 1]` is a target token; prompt, image and
-    padding positions do not count. `pre_top1` holds pre-edit argmax ids, (batch, seq) or (batch, seq, 1).
-    Returns (batch,) floats.
+    padding positions do not count. `pre_ids` holds the pre-edit argmax ids, (batch, seq), or ordered
+    top-r ids, (batch, seq, r), whose first rank is the argmax. The post-edit argmax is taken by the same
+    top-r call, so that tied logits (common in bfloat16) break alike on both sides. Returns (batch,) floats.
     """
-    if pre_top1.dim() == 3:
-        if pre_top1.shape[-1] != 1:
-            raise ValueError(
-                f"pre_top1 must be (batch, seq) or (batch, seq, 1), got shape {tuple(pre_top1.shape)}"
-            )
-        pre_top1 = pre_top1[..., 0]
-    _check_logits_and_positions(post_logits, pre_top1, "pre_top1")
+    if pre_ids.dim() == 2:
+        pre_ids = pre_ids.unsqueeze(-1)
+    if pre_ids.dim() != 3:
+        raise ValueError(f"pre_ids must be (batch, seq) or (batch, seq, r), got shape {tuple(pre_ids.shape)}")
+    _check_logits_and_positions(post_logits, pre_ids[..., 0], "pre_ids")
     _check_logits_and_positions(post_logits, labels, "labels")
     _check_labels(labels)
     mask = _answer_mask(labels)  # (batch, seq - 1)
-    post_top1 = top_k_predictions(post_logits, 1)[..., 0]  # (batch, seq)
+    pre_top1 = pre_ids[..., 0]  # (batch, seq)
+    post_top1 = top_k_predictions(post_logits, pre_ids.shape[-1])[..., 0]  # (batch, seq)
     agree = (post_top1[:, :-1] == pre_top1[:, :-1]) & mask  # (batch, seq - 1)
     return agree.sum(dim=1).float() / mask.sum(dim=1).float()
 
@@ -167,7 +168,8 @@ def sequence_topk_agreement(post_logits: Tensor, pre_topk: Tensor, attention_mas
     Position p and rank r agree when the post-edit r-th best id at p equals the pre-edit one; the sample's
     score is the fraction of (attended position, rank) pairs that agree. Attended positions are those with
     `attention_mask == 1`, prompt and image placeholders included. `pre_topk` is (batch, seq, >= k); its
-    first k ranks are used. Returns (batch,) floats.
+    first k ranks are used, and the post-edit ranks come from a top-k call with as many ranks as
+    `pre_topk` holds, so that tied logits break alike on both sides. Returns (batch,) floats.
     """
     if pre_topk.dim() != 3:
         raise ValueError(f"pre_topk must be (batch, seq, k), got shape {tuple(pre_topk.shape)}")
@@ -185,7 +187,7 @@ def sequence_topk_agreement(post_logits: Tensor, pre_topk: Tensor, attention_mas
     empty = (counts == 0).nonzero().flatten().tolist()
     if empty:
         raise ValueError(f"no attended positions to score at batch indices {empty} (attention_mask is all 0)")
-    post_topk = top_k_predictions(post_logits, k)  # (batch, seq, k)
+    post_topk = top_k_predictions(post_logits, pre_topk.shape[-1])[..., :k]  # (batch, seq, k)
     agree = (post_topk == pre_topk[..., :k]) & attended.unsqueeze(-1)  # (batch, seq, k)
     return agree.sum(dim=(1, 2)).float() / (counts.float() * k)
 
@@ -200,13 +202,13 @@ def locality_scores(
 ) -> Tensor:
     """Score locality with the scorer called `scorer_name`. Returns (batch,) floats.
 
-    `answer_top1` uses `pre_topk[..., 0]` and `labels` (k is not used); `sequence_topk` uses the first k
-    ranks of `pre_topk` and `attention_mask` (labels are not used).
+    `answer_top1` uses the first rank of `pre_topk` and `labels` (k is not used); `sequence_topk` uses the
+    first k ranks of `pre_topk` and `attention_mask` (labels are not used).
     """
     if scorer_name == ANSWER_TOP1:
         if pre_topk.dim() != 3:
             raise ValueError(f"pre_topk must be (batch, seq, k), got shape {tuple(pre_topk.shape)}")
-        return answer_top1_agreement(post_logits, pre_topk[..., 0], labels)
+        return answer_top1_agreement(post_logits, pre_topk, labels)
     if scorer_name == SEQUENCE_TOPK:
         return sequence_topk_agreement(post_logits, pre_topk, attention_mask, k)
     raise ValueError(
