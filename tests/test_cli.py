@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 
 from tests.helpers import shrink
 from unike_pl.backbones import BackboneConfig, load_backbone
+from unike_pl.backbones.prompts import VQA_TEMPLATE
 from unike_pl.cli import main
 from unike_pl.data import MMEditDataset, read_mmedit
 from unike_pl.data.cases import EditCollator
@@ -74,6 +76,36 @@ def test_validate_writes_and_prints_scores(tmp_path, tiny_models, mmedit_dir, ca
     assert settings["target_scorer"] == "token_accuracy" and settings["prompt_template"] == "none"
     assert settings["backbone"] == str(tiny_models["blip2"]) and settings["method"] == "PreEditEvaluation"
     assert (tmp_path / "results" / "pre_edit_vqa_val.csv").read_text().startswith("metric,value\n")
+
+
+def test_results_say_what_was_scored(tmp_path, tiny_models, mmedit_dir):
+    """A run on part of a split says so: the limit, the records served and skipped, the image roots, and
+    the cases whose questions were wrapped (captions wrap only the VQA questions among their cases)."""
+    records = json.loads((mmedit_dir / "vqa_eval.json").read_text())
+    records[3]["alt"] = ""  # skipped when read, as the benchmark's loaders skip it
+    (mmedit_dir / "vqa_eval.json").write_text(json.dumps(records))
+    config = shrink(Path("configs/pre_edit_vqa.yaml"), tmp_path, tiny_models["blip2"], mmedit_dir)
+    main(
+        [
+            "validate",
+            "--config",
+            str(config),
+            "--data.init_args.limit",
+            "2",
+            "--data.init_args.task",
+            "caption",
+            "--data.init_args.use_template",
+            "true",
+        ]
+    )
+    results = read_results(tmp_path / "results" / "pre_edit_vqa_val.json")
+    settings = results["settings"]
+    assert results["records"] == 2 and settings["limit"] == 2 and settings["eval_records"] == 2
+    assert settings["skipped_records"] == 1
+    assert settings["image_root"] == str(mmedit_dir / "coco")
+    assert settings["rephrase_image_root"] == str(mmedit_dir / "rephrase")
+    assert settings["prompt_template"] == VQA_TEMPLATE  # it used to say "none" for captions
+    assert settings["templated_cases"] == [names.MULTIMODAL_LOCALITY, names.RELATED, names.HARD_NEIGHBOURS]
 
 
 def test_validate_names_a_missing_split(tmp_path, tiny_models, mmedit_dir):

@@ -41,24 +41,34 @@ class EditSample:
     group: str | None = None
 
 
+def wrapped_cases(task: str, use_template: bool) -> list[str]:
+    """The cases whose questions take the `Question: {} Short answer:` wrapper (with `use_template`):
+    the VQA questions, i.e. the edit prompts of E-VQA (src, rephrase), and on either task the multimodal
+    locality question, the related questions and the hard neighbours; caption prompts and the
+    text-locality question never do."""
+    if not use_template:
+        return []
+    edit = [names.EDIT, names.REPHRASE, names.IMAGE_REPHRASE] if task == "vqa" else []
+    return [*edit, names.MULTIMODAL_LOCALITY, names.RELATED, names.HARD_NEIGHBOURS]
+
+
 def build_cases(
     record: EditRecord, task: str, use_template: bool, load: Callable[[Path, str], Image.Image]
 ) -> dict[str, Example]:
-    """Edit, rephrase, image-rephrase, text-locality and multimodal-locality examples of a record.
-
-    VQA questions (src, rephrase, m_loc_q) take the optional `Question: {} Short answer:` wrapper;
-    caption prompts and the text-locality question never do.
-    """
-    wrap_prompt = use_template and task == "vqa"
-    src = wrap_question(record.src, wrap_prompt)
+    """Edit, rephrase, image-rephrase, text-locality and multimodal-locality examples of a record, their
+    questions wrapped as `wrapped_cases` says."""
+    wrapped = wrapped_cases(task, use_template)
+    src = wrap_question(record.src, names.EDIT in wrapped)
     image = load(record.image, "image")
     return {
         names.EDIT: Example(src, record.alt, image),
-        names.REPHRASE: Example(wrap_question(record.rephrase, wrap_prompt), record.alt, image),
+        names.REPHRASE: Example(wrap_question(record.rephrase, names.REPHRASE in wrapped), record.alt, image),
         names.IMAGE_REPHRASE: Example(src, record.alt, load(record.image_rephrase, "image_rephrase")),
         names.TEXT_LOCALITY: Example(record.loc, record.loc_ans, None),
         names.MULTIMODAL_LOCALITY: Example(
-            wrap_question(record.m_loc_q, use_template), record.m_loc_a, load(record.m_loc, "m_loc")
+            wrap_question(record.m_loc_q, names.MULTIMODAL_LOCALITY in wrapped),
+            record.m_loc_a,
+            load(record.m_loc, "m_loc"),
         ),
     }
 
@@ -71,10 +81,10 @@ def build_neighbours(
     `m_loc_q`; a neighbour that repeats the edit prompt (a similar scene asked the same) is wrapped
     like the edit prompt."""
     image = load(record.image, "image") if record.related else None
-    edit_wrap = use_template and task == "vqa"
+    wrapped = wrapped_cases(task, use_template)
 
     def wrap(question: str) -> str:
-        return wrap_question(question, edit_wrap if question == record.src else use_template)
+        return wrap_question(question, names.EDIT in wrapped if question == record.src else use_template)
 
     return {
         names.RELATED: [Example(wrap(pair.question), pair.answer, image) for pair in record.related],

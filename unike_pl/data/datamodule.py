@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from unike_pl.backbones.loader import BackboneConfig, load_encoder
 from unike_pl.backbones.prompts import VQA_TEMPLATE
-from unike_pl.data.cases import CrossTaskDataset, EditCollator, MMEditDataset
+from unike_pl.data.cases import CrossTaskDataset, EditCollator, MMEditDataset, wrapped_cases
 from unike_pl.data.fingerprint import split_fingerprint
 from unike_pl.data.mmedit import MMEditSplit, read_mmedit
 from unike_pl.data.sharding import eval_sampler
@@ -75,13 +75,31 @@ class MMEditDataModule(L.LightningDataModule):
 
     def result_settings(self) -> dict[str, object]:
         """What the scores depend on from the data side, written beside every score."""
+        wrapped = wrapped_cases(self.task, self.use_template)
         return {
             "task": self.task,
             "eval_file": self.files["eval"],
-            "prompt_template": VQA_TEMPLATE if self.use_template and self.task == "vqa" else "none",
+            "image_root": str(self.roots[0]),
+            "rephrase_image_root": str(self.roots[1]),
+            "limit": self.hparams.limit,
+            **self._split_counts(),
+            "prompt_template": VQA_TEMPLATE if wrapped else "none",
+            "templated_cases": wrapped,
             # Editing methods apply a batch's edits one after another: 1 = one-step, T = sequential.
             "sequence_length": self.hparams.batch_size,
             "cross_task_file": self.hparams.cross_task_file,
+        }
+
+    def _split_counts(self) -> dict[str, int]:
+        """Records of the eval split served (after `limit`) and skipped when read (an empty `alt`)."""
+        if self._eval_split not in self.datasets:
+            return {}
+        splits = [self.datasets["eval"].split]
+        if "cross" in self.datasets:
+            splits.append(self.datasets["cross"].mixed.split)
+        return {
+            "eval_records": len(self.datasets[self._eval_split]),
+            "skipped_records": sum(split.skipped_empty_alt for split in splits),
         }
 
     def fingerprint(self) -> dict[str, object]:
