@@ -10,7 +10,15 @@ import torch
 from PIL import Image
 
 from tests.helpers import TINY
-from unike_pl.backbones.factory import ModelSize, build_blip2, build_llava, save_backbone, train_tokenizer
+from unike_pl.backbones.factory import (
+    QWEN2VL_TOKENS,
+    ModelSize,
+    build_blip2,
+    build_llava,
+    build_qwen2vl,
+    save_backbone,
+    train_tokenizer,
+)
 from unike_pl.pretrain.init_model import init_world_model
 from unike_pl.world import generate_world
 
@@ -25,6 +33,7 @@ CORPUS = [
     "Question: what color is it? Short answer: purple",
     "###Human: <Img></Img> ###Assistant:",
     "USER: ASSISTANT:",
+    "user assistant",
 ]
 COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "purple": (140, 40, 200)}
 
@@ -36,14 +45,15 @@ def tiny_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_builds(tmp_path_factory, tiny_tokenizer) -> dict[str, tuple[Path, dict[str, torch.Tensor]]]:
-    """BLIP-2 OPT, BLIP-2 LLaMA (MiniGPT-4 style) and LLaVA-1.5 style models, saved with save_pretrained,
-    with the state dicts they had before saving."""
+    """BLIP-2 OPT, BLIP-2 LLaMA (MiniGPT-4 style), LLaVA-1.5 style and Qwen2-VL models, saved with
+    save_pretrained, with the state dicts they had before saving."""
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     builders = {
         "blip2": lambda: build_blip2(tiny_tokenizer, ModelSize(), "opt"),
         "minigpt4": lambda: build_blip2(tiny_tokenizer, ModelSize(), "llama"),
         "llava": lambda: build_llava(tiny_tokenizer, ModelSize()),
+        "qwen2vl": lambda: build_qwen2vl(train_tokenizer(CORPUS * 5, 400, QWEN2VL_TOKENS), ModelSize()),
     }
     builds = {}
     for name, build in builders.items():

@@ -25,6 +25,7 @@ EXPECTED = {
     "blip2": ("blip2", "OPTForCausalLM", False),
     "minigpt4": ("minigpt4", "LlamaForCausalLM", True),
     "llava": ("llava15", "LlamaModel", True),
+    "qwen2vl": ("qwen2vl", "Qwen2VLTextModel", True),
 }
 
 

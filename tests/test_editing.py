@@ -20,7 +20,7 @@ from unike_pl.knowledge.contrastive import semantic_loss, truthfulness_loss
 from unike_pl.knowledge.encoders import DisentangledEncoders
 from unike_pl.knowledge.mining import extract_states
 
-MODELS = ("blip2", "minigpt4", "llava")
+MODELS = ("blip2", "minigpt4", "llava", "qwen2vl")
 RED = Image.new("RGB", (40, 40), (220, 30, 30))
 GREY = Image.new("RGB", (40, 40), (90, 90, 90))
 

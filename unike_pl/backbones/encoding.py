@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,10 +52,16 @@ class KeptExamples:
 class PromptEncoder:
     """Tokenizes examples for one backbone: its tokenizer, image processor and prompt format."""
 
-    def __init__(self, processor: Any, prompt_format: PromptFormat, config: Any, layout: MLLMLayout) -> None:
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.image_processor = processor.image_processor
+    def __init__(
+        self,
+        tokenizer: Any,
+        image_processor: Any,
+        prompt_format: PromptFormat,
+        config: Any,
+        layout: MLLMLayout,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
         self.prompt_format = prompt_format
         self.config = config
         self.layout = layout
@@ -67,6 +74,11 @@ class PromptEncoder:
         if pad is None:
             raise ValueError("the tokenizer has neither a pad nor an EOS token to pad with")
         self.pad_token_id = int(pad)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the tokenizer and the image processor into a model folder (what `load_encoder` reads)."""
+        self.tokenizer.save_pretrained(path)
+        self.image_processor.save_pretrained(path)
 
     def encode(
         self, examples: Sequence[Example], end_with_eos: bool = False, keep_examples: bool = False

@@ -26,6 +26,9 @@ from transformers import (
     LlavaProcessor,
     OPTConfig,
     PreTrainedTokenizerFast,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
 )
 
 from unike_pl.errors import UserError
@@ -34,15 +37,27 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 IMAGE_TOKEN = "<image>"
+QWEN2VL_TOKENS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+"""The chat and vision markers of Qwen2-VL's prompt (`<|image_pad|>` stands for each image embedding)."""
 INITIALIZER_RANGE = 0.02
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on `texts`, with BOS/EOS/pad and the `<image>` placeholder."""
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 1000, extra_tokens: Iterable[str] = ()
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `texts`, with BOS/EOS/pad, the `<image>` placeholder and
+    `extra_tokens` as special tokens (never split)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    specials = [*SPECIAL_TOKENS.values(), IMAGE_TOKEN]
+    specials = [*SPECIAL_TOKENS.values(), IMAGE_TOKEN, *extra_tokens]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=specials,
@@ -241,9 +256,64 @@ def build_llava(
     return LlavaForConditionalGeneration(config), processor
 
 
+def build_qwen2vl(
+    tokenizer: PreTrainedTokenizerFast, size: ModelSize
+) -> tuple[Qwen2VLForConditionalGeneration, tuple[PreTrainedTokenizerFast, Qwen2VLImageProcessorPil]]:
+    """A Qwen2-VL: its ViT with 2×2 patch merging, multimodal rotary positions and a Qwen2 language model.
+    `tokenizer` must hold `QWEN2VL_TOKENS` (`train_tokenizer(..., extra_tokens=QWEN2VL_TOKENS)`).
+
+    Its parts are the tokenizer and the image processor, not a `Qwen2VLProcessor` (whose video processor
+    needs torchvision); images are resized to `size.image_size` squared."""
+    token = {name: tokenizer.convert_tokens_to_ids(name) for name in QWEN2VL_TOKENS}
+    if len(set(token.values())) != len(QWEN2VL_TOKENS) or tokenizer.unk_token_id in token.values():
+        raise UserError(f"the tokenizer lacks some of Qwen2-VL's tokens {QWEN2VL_TOKENS}")
+    head_dim = size.hidden // size.heads
+    temporal = head_dim // 2 - 2 * (head_dim // 6)  # rotary pairs for time, height, width: sum head_dim / 2
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden,
+        intermediate_size=size.ffn,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.heads,
+        max_position_embeddings=size.max_positions,
+        rope_scaling={"type": "mrope", "mrope_section": [temporal, head_dim // 6, head_dim // 6]},
+        # Untied (as Qwen2-VL-7B): a random model with tied embeddings repeats the prompt's last token,
+        # the newline after "assistant", and so never answers.
+        tie_word_embeddings=False,
+        **_token_ids(tokenizer),
+    )
+    vision = dict(
+        depth=size.vision_layers,
+        embed_dim=size.vision_hidden,
+        hidden_size=size.hidden,
+        num_heads=size.heads,
+        patch_size=size.patch_size,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=token["<|image_pad|>"],
+        video_token_id=token["<|video_pad|>"],
+        vision_start_token_id=token["<|vision_start|>"],
+        vision_end_token_id=token["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    config.architectures = ["Qwen2VLForConditionalGeneration"]
+    pixels = size.image_size**2
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=pixels, max_pixels=pixels, patch_size=size.patch_size, merge_size=2, temporal_patch_size=2
+    )
+    return Qwen2VLForConditionalGeneration(config), (tokenizer, image_processor)
+
+
 def save_backbone(model: Any, processor: Any, path: str | Path) -> Path:
-    """Save model and processor as one transformers folder, as a hub snapshot would hold them."""
+    """Save model and processor (or its parts: a tuple of tokenizer and image processor) as one
+    transformers folder, as a hub snapshot would hold them."""
     path = Path(path)
     model.save_pretrained(path)
-    processor.save_pretrained(path)
+    for part in processor if isinstance(processor, tuple) else (processor,):
+        part.save_pretrained(path)
     return path

@@ -143,6 +143,9 @@ class MLLMLayout:
     """Names of the image-processor outputs the model's forward takes."""
     default_prompt: Mapping[str, str]
     """Prompt format name per language-model `model_type` ("*" = any)."""
+    marks_image_tokens: bool = False
+    """The forward also takes `mm_token_type_ids` (1 at image placeholders, 0 elsewhere), which Qwen2-VL
+    needs for its multimodal rotary positions; the backbone derives it from the input ids."""
 
     def prompt_format_for(self, text_model_type: str) -> str | None:
         return self.default_prompt.get(text_model_type, self.default_prompt.get("*"))
@@ -179,6 +182,7 @@ MLLM_LAYOUTS: Mapping[str, MLLMLayout] = {
         split_images=_split_by_grid,
         image_inputs=("pixel_values", "image_grid_thw"),
         default_prompt={"*": "qwen2vl"},
+        marks_image_tokens=True,
     ),
 }
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoProcessor
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from transformers.activations import ACT2FN
 
 from unike_pl.backbones.assembly import assemble_if_needed
@@ -58,12 +58,17 @@ def load_encoder(config: BackboneConfig, hf_config: Any | None = None) -> Prompt
     if hf_config is None:
         hf_config = AutoConfig.from_pretrained(config.name_or_path, local_files_only=config.local_files_only)
     _, layout = resolve_layout(hf_config)
-    processor = AutoProcessor.from_pretrained(config.name_or_path, local_files_only=config.local_files_only)
+    # The tokenizer and the image processor, not AutoProcessor: a processor also builds the parts this
+    # project never uses (Qwen2-VL's video processor, which needs torchvision).
+    tokenizer = AutoTokenizer.from_pretrained(config.name_or_path, local_files_only=config.local_files_only)
+    image_processor = AutoImageProcessor.from_pretrained(
+        config.name_or_path, local_files_only=config.local_files_only
+    )
     text_type = hf_config.text_config.model_type
     format_name = config.prompt_format or layout.prompt_format_for(text_type)
     if format_name is None:
         raise UserError(f"no default prompt format for language model type {text_type!r}; set prompt_format")
-    return PromptEncoder(processor, get_prompt_format(format_name), hf_config, layout)
+    return PromptEncoder(tokenizer, image_processor, get_prompt_format(format_name), hf_config, layout)
 
 
 def load_backbone(config: BackboneConfig) -> Backbone:
@@ -162,6 +167,8 @@ class Backbone(nn.Module):
         if self.layout.image_inputs[0] in batch:
             inputs.update({name: batch[name] for name in self.layout.image_inputs})
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            if self.layout.marks_image_tokens:
+                inputs["mm_token_type_ids"] = (batch["input_ids"] == self.encoder.image_token_id).int()
             module = self.model
         else:
             module = self.model.get_submodule(self.layout.text_forward)

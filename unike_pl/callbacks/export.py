@@ -13,7 +13,8 @@ from unike_pl.io import atomic_directory
 
 
 class ExportPretrained(L.Callback):
-    """At the end of `fit`, write `pl_module.backbone` (model and processor) to `output_dir` atomically."""
+    """At the end of `fit`, write `pl_module.backbone` (model, tokenizer and image processor) to
+    `output_dir` atomically."""
 
     def __init__(self, output_dir: str, dtype: str = "float32") -> None:
         """
@@ -33,7 +34,7 @@ class ExportPretrained(L.Callback):
         with atomic_directory(self.output_dir) as staging:
             model.to(self.dtype)
             try:
-                save_backbone(model, backbone.encoder.processor, staging)
+                save_backbone(model, backbone.encoder, staging)
             finally:
                 model.to(original)
 
