@@ -51,6 +51,12 @@ def shipped_config(name: str, tmp_path: Path, world: Path, model: Path) -> dict[
     return settings
 
 
+def log_to(settings: dict[str, Any], folder: Path) -> None:
+    """Point every logger of a parsed config (CSV and TensorBoard) at `folder`."""
+    for logger in settings["trainer"].get("logger") or []:
+        logger["init_args"]["save_dir"] = str(folder)
+
+
 def write_config(settings: dict[str, Any], path: Path) -> Path:
     path.write_text(yaml.safe_dump(settings))
     return path
@@ -73,6 +79,33 @@ def shrink(config: Path, tmp_path: Path, model: Path, data: Path) -> Path:
         if callback["class_path"].endswith("ResultsReport"):
             callback["init_args"]["output_dir"] = str(tmp_path / "results")
     settings["trainer"].update(accelerator="cpu", default_root_dir=str(tmp_path / "runs"))
+    log_to(settings, tmp_path / "runs")
     shrunk = tmp_path / config.name
     shrunk.write_text(yaml.safe_dump(settings))
     return shrunk
+
+
+def ft_config(tmp_path: Path, model: Path, data: Path, **changes: Any) -> Path:
+    """FT (no memory, nothing trained: the quickest editing run) on a tiny model and split, one edit per
+    batch, with an edits folder and a pre-edit cache under tmp_path; `changes` set dotted keys."""
+    config = shrink(Path("configs/pre_edit_vqa.yaml"), tmp_path, model, data)
+    settings = yaml.safe_load(config.read_text())
+    settings["trainer"]["inference_mode"] = False
+    settings["model"] = {
+        "class_path": "unike_pl.modules.FineTuneModule",
+        "init_args": {
+            "backbone": settings["model"]["init_args"]["backbone"],
+            "finetune": {"max_steps": 2},
+            "scoring": {"generation": False, "pre_edit_cache": str(tmp_path / "pre_edit")},
+            "edits_dir": str(tmp_path / "edits"),
+        },
+    }
+    settings["data"]["init_args"]["batch_size"] = 1
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = settings
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    config.write_text(yaml.safe_dump(settings))
+    return config

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import shipped_config, write_config
+from tests.helpers import log_to, shipped_config, write_config
 from tests.test_mend import mend_config
 from tests.test_pretrain import pretrain_config
 from tests.test_unike import MEMORY_LIMIT, disentangle_config
@@ -138,7 +138,7 @@ def test_the_encoders_are_scored_on_the_whole_held_out_split_on_two_processes(
     checkpoint = str(fitted / "runs" / "disentangle" / "checkpoints" / "encoders.ckpt")
     logged = {}
     for processes in (1, 2):
-        settings["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / f"logs{processes}")
+        log_to(settings, tmp_path / f"logs{processes}")
         write_config(settings, tmp_path / f"validate{processes}.yaml")
         args = (
             "validate",
@@ -220,7 +220,7 @@ def test_pretraining_validation_is_the_same_on_two_processes(tmp_path, small_wor
         settings = yaml.safe_load(config.read_text())
         settings["model"]["init_args"]["learning_rate"] = 0.0
         settings["trainer"].update(limit_train_batches=1, limit_val_batches=1.0)
-        settings["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / f"logs{processes}")
+        log_to(settings, tmp_path / f"logs{processes}")
         args = ("fit", "--config", str(write_config(settings, tmp_path / f"pretrain{processes}.yaml")))
         if processes == 1:
             with one_thread():

@@ -1,5 +1,6 @@
-"""Every backbone of the README's table, end to end on a tiny random model: the unedited reference, the
-disentangle fit (memory mined, encoders trained) and UniKE's edits, through the command line's configs."""
+"""Every backbone of the README's table (and a converted LAVIS checkpoint), end to end on a tiny random
+model: the unedited reference, the disentangle fit (memory mined, encoders trained) and UniKE's edits,
+through the command line's configs."""
 
 from __future__ import annotations
 
@@ -9,11 +10,42 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CORPUS
 from tests.helpers import shipped_config, write_config
+from tests.lavis_tensors import lavis_files
+from unike_pl import convert_lavis
 from unike_pl.cli import main
 from unike_pl.metrics import names, read_results
 
-BACKBONES = ("blip2", "minigpt4", "llava", "qwen2vl")
+BACKBONES = ("blip2", "minigpt4", "llava", "qwen2vl", "lavis-blip2")
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    """The tiny models, and a tiny LAVIS BLIP-2 checkpoint converted by `python -m unike_pl.convert_lavis`."""
+    folder = tmp_path_factory.mktemp("lavis")
+    files = lavis_files(folder, CORPUS * 5)
+    converted = folder / "converted"
+    convert_lavis.main(
+        [
+            "--checkpoint",
+            str(files["blip2"]),
+            "--checkpoint",
+            str(files["vit"]),
+            "--language-model",
+            str(files["language"]),
+            "--out",
+            str(converted),
+            "--vit-layers",
+            "2",
+            "--vit-heads",
+            "2",
+            "--qformer-heads",
+            "2",
+            "--local-files-only",
+        ]
+    )
+    return {**tiny_models, "lavis-blip2": converted}
 
 
 def world_layout(mmedit_dir: Path, root: Path) -> Path:
@@ -30,8 +62,8 @@ def world_layout(mmedit_dir: Path, root: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", BACKBONES)
-def test_pre_edit_fit_and_editing_run_on_every_backbone(name, tmp_path, tiny_models, mmedit_dir):
-    world, model = world_layout(mmedit_dir, tmp_path / "world"), tiny_models[name]
+def test_pre_edit_fit_and_editing_run_on_every_backbone(name, tmp_path, models, mmedit_dir):
+    world, model = world_layout(mmedit_dir, tmp_path / "world"), models[name]
 
     reference = shipped_config("pre_edit_vqa.yaml", tmp_path, world, model)
     reference["model"]["init_args"]["scoring"]["max_new_tokens"] = 2

@@ -38,6 +38,27 @@ def assert_same_memory(first: Path, second: Path) -> None:
             assert torch.equal(one.states[layer][kind], two.states[layer][kind]), (layer, kind)
 
 
+def test_a_piped_build_prints_plain_progress_lines(tmp_path, small_world, world_model, capsys):
+    backbone = BackboneConfig(str(world_model), local_files_only=True)
+    build_memory(backbone, memory_config(small_world, tmp_path, chunk_records=1))  # 12 chunks
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mining")]
+    assert [line.split(": ")[0].rsplit(" ", 1)[1] for line in lines] == [
+        "1/12",
+        "2/12",
+        "3/12",
+        "4/12",
+        "5/12",
+        "6/12",
+        "7/12",
+        "8/12",
+        "9/12",
+        "10/12",
+        "11/12",
+        "12/12",
+    ]
+    assert all(line.endswith("min left") for line in lines)
+
+
 def test_two_processes_each_mine_their_own_chunks_and_process_zero_joins_them(
     tmp_path, small_world, world_model
 ):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import TINY
+from tests.helpers import TINY, log_to
 from unike_pl.backbones import BackboneConfig, load_backbone
 from unike_pl.cli import main
 from unike_pl.metrics import read_results
@@ -27,7 +27,7 @@ def pretrain_config(tmp_path: Path, world: Path, epochs: int, max_positions: int
     settings["trainer"].update(
         max_epochs=epochs, limit_train_batches=3, limit_val_batches=2, default_root_dir=str(tmp_path / "run")
     )
-    settings["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "run")
+    log_to(settings, tmp_path / "run")
     for callback in settings["trainer"]["callbacks"]:
         if callback["class_path"].endswith("ModelCheckpoint"):
             callback["init_args"]["dirpath"] = str(tmp_path / "ckpt")
@@ -75,7 +75,9 @@ def test_pre_edit_validate_on_the_world(tmp_path, small_world):
         data[key] = str(small_world / Path(data[key]).relative_to("data/world"))
     data["backbone"] = backbone
     settings["trainer"].update(accelerator="cpu", default_root_dir=str(tmp_path / "runs"))
-    settings["trainer"]["callbacks"][1]["init_args"]["output_dir"] = str(tmp_path / "results")
+    log_to(settings, tmp_path / "runs")
+    (report,) = [c for c in settings["trainer"]["callbacks"] if c["class_path"].endswith("ResultsReport")]
+    report["init_args"]["output_dir"] = str(tmp_path / "results")
     config = tmp_path / "pre_edit.yaml"
     config.write_text(yaml.safe_dump(settings))
     main(["validate", "--config", str(config)])

@@ -12,10 +12,9 @@ import warnings
 from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image
 
-from tests.helpers import shrink
+from tests.helpers import ft_config
 from unike_pl.cli import main
 from unike_pl.errors import UserError
 from unike_pl.folder_lock import FolderBusy, FolderLock
@@ -45,30 +44,6 @@ def test_differences_name_every_changed_leaf():
 
 
 # --- on a real editing run (FT on the tiny model: no memory, fast) ----------------------------------------
-
-
-def ft_config(tmp_path: Path, model: Path, data: Path, **changes) -> Path:
-    config = shrink(Path("configs/pre_edit_vqa.yaml"), tmp_path, model, data)
-    settings = yaml.safe_load(config.read_text())
-    settings["trainer"]["inference_mode"] = False
-    settings["model"] = {
-        "class_path": "unike_pl.modules.FineTuneModule",
-        "init_args": {
-            "backbone": settings["model"]["init_args"]["backbone"],
-            "finetune": {"max_steps": 2},
-            "scoring": {"generation": False, "pre_edit_cache": str(tmp_path / "pre_edit")},
-            "edits_dir": str(tmp_path / "edits"),
-        },
-    }
-    settings["data"]["init_args"]["batch_size"] = 1
-    for dotted, value in changes.items():
-        *parents, last = dotted.split(".")
-        node = settings
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    config.write_text(yaml.safe_dump(settings))
-    return config
 
 
 @pytest.fixture()

@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.helpers import log_to
 from unike_pl.backbones import BackboneConfig, Example, assembly, load_backbone
 from unike_pl.backbones.assembly import BRIDGE_PREFIXES, GGUFSource, add_image_token, plain_copy
 from unike_pl.cli import main
@@ -82,7 +83,7 @@ def bridge_config(tmp_path: Path, world: Path, warm_start: Path, max_steps: int)
     settings["trainer"].update(
         max_steps=max_steps, val_check_interval=2, limit_val_batches=1, default_root_dir=str(tmp_path / "run")
     )
-    settings["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "run")
+    log_to(settings, tmp_path / "run")
     for callback in settings["trainer"]["callbacks"]:
         if callback["class_path"].endswith("ModelCheckpoint"):
             callback["init_args"].update(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=1)

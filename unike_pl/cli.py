@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from unike_pl.errors import UserError, exit_on_user_error, read_torch_file
 from unike_pl.knowledge.index import check_faiss_install
+from unike_pl.noise import quiet_third_party
 
 STOPPED_BY_SIGTERM = 143
 """Exit code of a run stopped by SIGTERM (128 + the signal's number, as shells report it)."""
@@ -40,12 +42,26 @@ class UnikeCLI(LightningCLI):
                 return
         super()._parse_ckpt_path()
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):
+            # The table of `ResultsReport` replaces Lightning's table of every logged value
+            # (`--verbose true` brings it back).
+            parser.set_defaults(verbose=False)
+        return parser
+
     def _run_subcommand(self, subcommand: str) -> None:
         ckpt_path = self.config_init[subcommand].get("ckpt_path")
         if ckpt_path and ckpt_path not in CHECKPOINT_ALIASES:
             read_checkpoint(ckpt_path)  # fails naming the file, before Lightning's own reader
         super()._run_subcommand(subcommand)
 
+
+DESCRIPTION = (
+    "Knowledge editing for multimodal LLMs (UniKE, LDKE and the usual baselines): `fit` builds the "
+    "knowledge memory and trains what a method learns, `validate`/`test` edit an MMEdit split and score "
+    "it. Every run takes a config from configs/ (--config) and any of its values on the command line."
+)
 
 CHECKPOINT_ALIASES = ("last", "best", "hpc", "registry")
 """`--ckpt_path` values that Lightning resolves itself instead of naming a file."""
@@ -62,6 +78,7 @@ def read_checkpoint(path: str | Path) -> dict:
 def main(args: list[str] | None = None) -> UnikeCLI:
     # Tokenizers' own thread pool fights DataLoader workers for the few cores we have.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_third_party()
     check_faiss_install()
     try:
         return UnikeCLI(
@@ -70,6 +87,7 @@ def main(args: list[str] | None = None) -> UnikeCLI:
             args=args,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
+            parser_kwargs={"prog": "python -m unike_pl", "description": DESCRIPTION},
         )
     except SIGTERMException:
         # Lightning stops after the current batch and would exit 0 as if the run had finished.

@@ -17,8 +17,8 @@ from transformers import (
     Blip2Config,
     Blip2ForConditionalGeneration,
     Blip2Processor,
-    BlipImageProcessor,
-    CLIPImageProcessor,
+    BlipImageProcessorPil,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -113,16 +113,20 @@ def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     }
 
 
-def _language_config(tokenizer: PreTrainedTokenizerFast, size: ModelSize, language: str) -> Any:
-    common = dict(
+def _decoder_sizes(tokenizer: PreTrainedTokenizerFast, size: ModelSize) -> dict[str, Any]:
+    """The settings every decoder config here shares: vocabulary, sizes, positions and special tokens."""
+    return dict(
         vocab_size=len(tokenizer),
         hidden_size=size.hidden,
         num_hidden_layers=size.layers,
         num_attention_heads=size.heads,
         max_position_embeddings=size.max_positions,
-        tie_word_embeddings=True,
         **_token_ids(tokenizer),
     )
+
+
+def _language_config(tokenizer: PreTrainedTokenizerFast, size: ModelSize, language: str) -> Any:
+    common = dict(**_decoder_sizes(tokenizer, size), tie_word_embeddings=True)
     if language == "opt":
         return OPTConfig(ffn_dim=size.ffn, word_embed_proj_dim=size.hidden, dropout=0.0, **common)
     if language == "llama":
@@ -180,7 +184,7 @@ def blip2_config(bridge: BridgeSize, text_config: dict[str, Any], image_token_in
 
 def blip2_processor(tokenizer: Any, bridge: BridgeSize) -> Blip2Processor:
     """BLIP-2's processor: bicubic resize to the vision stack's image size, CLIP normalisation."""
-    image_processor = BlipImageProcessor(
+    image_processor = BlipImageProcessorPil(
         size={"height": bridge.image_size, "width": bridge.image_size},
         image_mean=list(CLIP_MEAN),
         image_std=list(CLIP_STD),
@@ -240,7 +244,7 @@ def build_llava(
         vision_feature_select_strategy="default",
     )
     config.architectures = ["LlavaForConditionalGeneration"]
-    image_processor = CLIPImageProcessor(
+    image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": size.image_size},
         crop_size={"height": size.image_size, "width": size.image_size},
         image_mean=list(CLIP_MEAN),
@@ -270,18 +274,13 @@ def build_qwen2vl(
     head_dim = size.hidden // size.heads
     temporal = head_dim // 2 - 2 * (head_dim // 6)  # rotary pairs for time, height, width: sum head_dim / 2
     text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=size.hidden,
+        **_decoder_sizes(tokenizer, size),
         intermediate_size=size.ffn,
-        num_hidden_layers=size.layers,
-        num_attention_heads=size.heads,
         num_key_value_heads=size.heads,
-        max_position_embeddings=size.max_positions,
         rope_scaling={"type": "mrope", "mrope_section": [temporal, head_dim // 6, head_dim // 6]},
         # Untied (as Qwen2-VL-7B): a random model with tied embeddings repeats the prompt's last token,
         # the newline after "assistant", and so never answers.
         tie_word_embeddings=False,
-        **_token_ids(tokenizer),
     )
     vision = dict(
         depth=size.vision_layers,

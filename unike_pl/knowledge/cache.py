@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from unike_pl.data.cases import MMEditDataset
 from unike_pl.data.fingerprint import split_fingerprint
 from unike_pl.data.mmedit import MMEditSplit, read_mmedit
 from unike_pl.errors import UserError
+from unike_pl.eta import piped, progress_line
 from unike_pl.knowledge.index import IndexConfig
 from unike_pl.knowledge.memory import KnowledgeMemory
 from unike_pl.knowledge.mining import mine_memory
@@ -150,17 +152,19 @@ def build_memory(
         if device is not None:
             backbone.model.to(device)
         layers = backbone.last_layers(config.edited_layers)
-        with Progress(disable=rank != 0) as progress:
-            task = progress.add_task(
-                f"mining the knowledge memory ({len(missing)} of {len(chunks)} chunks here)",
-                total=len(missing),
-            )
-            for chunk in missing:
+        label = f"mining the knowledge memory ({len(missing)} of {len(chunks)} chunks here)"
+        lines_every = max(1, len(missing) // 10) if rank == 0 and piped() else 0  # no bar in a file
+        started = time.monotonic()
+        with Progress(disable=rank != 0 or bool(lines_every)) as progress:
+            task = progress.add_task(label, total=len(missing))
+            for done, chunk in enumerate(missing, start=1):
                 dataset = datasets[chunk.source]
                 samples = [dataset[i] for i in range(chunk.start, chunk.stop)]
                 file = config.sources[chunk.source].file
                 mine_memory(backbone, layers, samples, file, config.max_new_tokens).save(chunk.file)
                 progress.advance(task)
+                if lines_every and (done % lines_every == 0 or done == len(missing)):
+                    print(progress_line(label, done, len(missing), started), flush=True)
     barrier()
     if rank == 0:
         memory = KnowledgeMemory.concatenate([KnowledgeMemory.load(chunk.file) for chunk in chunks])
