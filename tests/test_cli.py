@@ -133,3 +133,17 @@ def test_editing_configs_read_the_memory_that_disentangle_builds():
         built = memory(source, "data", "init_args")
         for name in editors:
             assert memory(name, "model", "init_args") == built, name
+
+
+@pytest.mark.parametrize("config", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_a_config_names_its_backbone_and_its_dataset_once(config):
+    """One `--model.init_args.backbone.name_or_path` (or data's, for the memory fit) switches the model,
+    one `--data.init_args.root` the dataset: no other setting names the world's folder."""
+    text = "\n".join(line.split("#")[0] for line in config.read_text().splitlines())
+    assert text.count("name_or_path:") <= 1
+    settings = yaml.safe_load(text)
+    data = settings.get("data", {}).get("init_args", {})
+    if "world_root" in data or "data" not in settings:
+        return  # the pretraining data modules read the world itself; compare configs compose the others
+    paths = [line.strip() for line in text.splitlines() if "data/world" in line]
+    assert paths == [f"root: {data['root']}"]

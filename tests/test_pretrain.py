@@ -70,10 +70,7 @@ def test_pre_edit_validate_on_the_world(tmp_path, small_world):
     settings = yaml.safe_load(Path("configs/pre_edit_vqa.yaml").read_text())
     backbone = {"name_or_path": str(tmp_path / "model"), "dtype": "float32", "local_files_only": True}
     settings["model"]["init_args"]["backbone"] = backbone
-    data = settings["data"]["init_args"]
-    for key in ("eval_file", "train_file", "image_root", "rephrase_image_root"):
-        data[key] = str(small_world / Path(data[key]).relative_to("data/world"))
-    data["backbone"] = backbone
+    settings["data"]["init_args"]["root"] = str(small_world)
     settings["trainer"].update(accelerator="cpu", default_root_dir=str(tmp_path / "runs"))
     log_to(settings, tmp_path / "runs")
     (report,) = [c for c in settings["trainer"]["callbacks"] if c["class_path"].endswith("ResultsReport")]

@@ -23,8 +23,7 @@ from unike_pl.backbones import BackboneConfig, Example, assembly, load_backbone
 from unike_pl.backbones.assembly import BRIDGE_PREFIXES, GGUFSource, add_image_token, plain_copy
 from unike_pl.cli import main
 from unike_pl.factual import read_questions, to_jsonl
-from unike_pl.factual.__main__ import answered
-from unike_pl.factual.__main__ import main as factual_main
+from unike_pl.factual.__main__ import answered, main as factual_main
 from unike_pl.metrics.scorers import exact_match
 from unike_pl.world import generate_world, load_manifest
 from unike_pl.world.generate import world_status

@@ -123,6 +123,25 @@ def test_intrinsic_only_runs_without_encoders(tmp_path, encoders, small_world, w
     assert names.stage_key("val", names.RELIABILITY) in scores
 
 
+def test_t_patcher_needs_no_fit_first(tmp_path, small_world, world_model, capsys):
+    """A method that uses the memory but no encoders (T-Patcher) builds the memory itself when missing."""
+    shipped = yaml.safe_load(Path("configs/edit_vqa.yaml").read_text())["model"]["init_args"]["memory"]
+    memory = {**shipped, "cache_dir": str(tmp_path / "fresh_cache"), **MEMORY_LIMIT}
+    config = edit_config(
+        tmp_path,
+        small_world,
+        world_model,
+        memory=memory,
+        latent=None,
+        intrinsic={"neurons": 1, "layers": 1, "max_steps": 3, "beta": 0.0},
+    )
+    main(["validate", "--config", str(config)])
+    assert list((tmp_path / "fresh_cache").glob("*/memory.pt"))
+    assert "mining the knowledge memory" in capsys.readouterr().out
+    scores = read_results(tmp_path / "results" / "edit" / "unike_vqa_val.json")["scores"]
+    assert names.stage_key("val", names.RELIABILITY) in scores
+
+
 def test_a_diverged_edit_is_counted_marked_and_fails_the_run(tmp_path, encoders, small_world, world_model):
     """Neurons trained at learning rate 1e30 blow the logits up: the run writes its results with the count,
     marks the edit files, and fails unless `scoring.allow_non_finite` (it used to score 0, exit 0)."""

@@ -64,7 +64,7 @@ def report(plan: Plan) -> None:
             name = "sweep.png" if len(plan.protocols) == 1 else f"sweep_{slug(protocol)}.png"
             written.append(sweep_lines(rows, plan.sweep, protocol, plan.output_dir / name))
     if plan.encoders_checkpoint and Path(plan.encoders_checkpoint).is_file():
-        memory, encoders = load_spaces(plan.base_model, plan.encoders_checkpoint)
+        memory, encoders = load_spaces(plan.base_model, plan.data_root, plan.encoders_checkpoint)
         written.append(space_projection(memory, encoders, plan.output_dir / "spaces.png"))
     console.print(markdown_table(rows))
     console.print("written: " + ", ".join(str(path) for path in written))

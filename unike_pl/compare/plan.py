@@ -60,6 +60,8 @@ class Plan:
     """The DisentangleModule checkpoint whose spaces are drawn (None: no projection plot)."""
     base_model: dict[str, Any]
     """The base config's model settings (backbone, memory): what the drawn spaces were trained on."""
+    data_root: str = "."
+    """The base config's dataset folder (`data.init_args.root`), which the memory's sources are inside."""
     sweep: Sweep | None = None
     """A setting swept across the methods, drawn as scores against its value (`sweep.png`)."""
 
@@ -229,4 +231,5 @@ def build_plan(
         protocols=list(dict.fromkeys(run.protocol for run in runs)),
         encoders_checkpoint=settings.get("encoders_checkpoint"),
         base_model=base["model"]["init_args"],
+        data_root=base.get("data", {}).get("init_args", {}).get("root", "."),
     )

@@ -101,12 +101,15 @@ def _question_group(question: str) -> str:
     return " ".join(question.lower().split()[:2])
 
 
-def load_spaces(model_args: dict[str, Any], checkpoint: str | Path) -> tuple[Any, DisentangledEncoders]:
-    """The knowledge memory of an editing config's model settings and the trained encoders."""
+def load_spaces(
+    model_args: dict[str, Any], data_root: str, checkpoint: str | Path
+) -> tuple[Any, DisentangledEncoders]:
+    """The knowledge memory of an editing config's model settings (its sources inside `data_root`) and
+    the trained encoders."""
     backbone = BackboneConfig(**model_args["backbone"])
     memory_args = dict(model_args["memory"])
     memory_args["sources"] = [MemorySource(**source) for source in memory_args["sources"]]
-    memory = load_memory(backbone, MemoryConfig(**memory_args))
+    memory = load_memory(backbone, MemoryConfig(**memory_args).under(data_root))
     state = read_torch_file(checkpoint, "a DisentangleModule checkpoint", map_location="cpu")
     dim = state["hyper_parameters"]["encoder_dim"]
     encoders = DisentangledEncoders(memory.layers, memory.hidden_size, dim)

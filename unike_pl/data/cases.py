@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from unike_pl import case_names as names
 from unike_pl.backbones.encoding import Example, PromptEncoder, select_sample
 from unike_pl.backbones.prompts import wrap_question
 from unike_pl.data.mmedit import EditRecord, MMEditFormatError, MMEditSplit
 from unike_pl.errors import UserError
-from unike_pl.metrics import names
 from unike_pl.settings import require_positive
 
 

@@ -12,7 +12,7 @@ from unike_pl.backbones.loader import BackboneConfig, load_encoder
 from unike_pl.backbones.prompts import VQA_TEMPLATE
 from unike_pl.data.cases import CrossTaskDataset, EditCollator, MMEditDataset, wrapped_cases
 from unike_pl.data.fingerprint import split_fingerprint
-from unike_pl.data.mmedit import MMEditSplit, read_mmedit
+from unike_pl.data.mmedit import MMEditSplit, read_mmedit, under_root
 from unike_pl.data.sharding import eval_sampler
 from unike_pl.errors import UserError
 from unike_pl.settings import require_positive
@@ -23,10 +23,11 @@ class MMEditDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        backbone: BackboneConfig,
         eval_file: str,
-        image_root: str,
-        rephrase_image_root: str,
+        image_root: str = "images",
+        rephrase_image_root: str = "images_rephrase",
+        root: str = ".",
+        backbone: BackboneConfig | None = None,
         task: str = "vqa",
         train_file: str | None = None,
         use_template: bool = False,
@@ -41,10 +42,14 @@ class MMEditDataModule(L.LightningDataModule):
     ) -> None:
         """
         Args:
-            backbone: the model whose tokenizer, image processor and prompt format encode the batches.
             eval_file: MMEdit JSON list scored by validate, test and predict.
             image_root: folder the `image` and `m_loc` paths are relative to (COCO in MMEdit).
             rephrase_image_root: folder the `image_rephrase` paths are relative to.
+            root: the dataset's folder: every relative path of the run's data (these files and image
+                roots, and the model's memory sources and demonstrations) is inside it, so that one
+                `--data.init_args.root` moves a run to another copy of the data (absolute paths are kept).
+            backbone: the model whose tokenizer, image processor and prompt format encode the batches;
+                None: the model's own (`model.init_args.backbone`), which is how the configs name it.
             task: "vqa" (E-VQA) or "caption" (E-IC).
             train_file: MMEdit JSON list for training (knowledge memory, trained editors).
             use_template: wrap VQA questions as `Question: {} Short answer:` (recorded in results).
@@ -62,13 +67,28 @@ class MMEditDataModule(L.LightningDataModule):
         """
         super().__init__()
         require_positive("data", batch_size=batch_size, train_batch_size=train_batch_size, limit=limit)
-        self.save_hyperparameters()
+        # The backbone is the model's hyperparameter (loggers merge both sets and refuse two values).
+        self.save_hyperparameters(ignore=["backbone"])
         self.backbone = backbone
+        self.root = root
         self.task = task
         self.use_template = use_template
-        self.files = {"train": train_file, "eval": eval_file}
-        self.roots = (Path(image_root), Path(rephrase_image_root))
+        self.files = {
+            name: None if file is None else under_root(root, file)
+            for name, file in (("train", train_file), ("eval", eval_file), ("cross", cross_task_file))
+        }
+        self.roots = (Path(under_root(root, image_root)), Path(under_root(root, rephrase_image_root)))
         self.datasets: dict[str, MMEditDataset | CrossTaskDataset] = {}
+
+    @property
+    def backbone_config(self) -> BackboneConfig:
+        """The backbone that encodes the batches: this module's, or else the model's."""
+        if self.backbone is not None:
+            return self.backbone
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if model is None or getattr(model, "backbone_config", None) is None:
+            raise UserError("data.init_args.backbone is not set and the model names no backbone")
+        return model.backbone_config
 
     def _read(self, file: str, task: str) -> MMEditSplit:
         return read_mmedit(file, task, *self.roots, allow_outside_roots=self.hparams.allow_outside_roots)
@@ -87,7 +107,7 @@ class MMEditDataModule(L.LightningDataModule):
             "templated_cases": wrapped,
             # Editing methods apply a batch's edits one after another: 1 = one-step, T = sequential.
             "sequence_length": self.hparams.batch_size,
-            "cross_task_file": self.hparams.cross_task_file,
+            "cross_task_file": self.files["cross"],
         }
 
     def _split_counts(self) -> dict[str, int]:
@@ -113,7 +133,7 @@ class MMEditDataModule(L.LightningDataModule):
         return parts
 
     def setup(self, stage: str) -> None:
-        self.collator = EditCollator(load_encoder(self.backbone))
+        self.collator = EditCollator(load_encoder(self.backbone_config))
         wanted = ["train", "eval"] if stage == "fit" else ["eval"]
         for split in wanted:
             file = self.files[split]
@@ -122,8 +142,8 @@ class MMEditDataModule(L.LightningDataModule):
             if split not in self.datasets:
                 records = self._read(file, self.task)
                 self.datasets[split] = MMEditDataset(records, self.use_template, self.hparams.limit)
-        if "eval" in wanted and self.hparams.cross_task_file and "cross" not in self.datasets:
-            mixed = self._read(self.hparams.cross_task_file, self.hparams.cross_task)
+        if "eval" in wanted and self.files["cross"] and "cross" not in self.datasets:
+            mixed = self._read(self.files["cross"], self.hparams.cross_task)
             self.datasets["cross"] = CrossTaskDataset(
                 self.datasets["eval"],
                 MMEditDataset(mixed, self.use_template, self.hparams.limit),

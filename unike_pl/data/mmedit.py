@@ -82,6 +82,14 @@ class MMEditSplit:
     skipped_empty_alt: int
 
 
+def under_root(root: str | Path, path: str) -> str:
+    """`path` inside the dataset folder `root`: a relative path is joined to it, an absolute one is kept
+    (so one `root` moves a whole config's data, and any single path can still point elsewhere)."""
+    if str(root) in ("", ".") or Path(path).is_absolute():
+        return path
+    return str(Path(root) / path)
+
+
 def read_mmedit(
     file: str | Path,
     task: str,

@@ -12,17 +12,18 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.progress import Progress
 
 from unike_pl.backbones.fingerprint import backbone_fingerprint
-from unike_pl.backbones.loader import BackboneConfig, load_backbone
+from unike_pl.backbones.loader import Backbone, BackboneConfig, load_backbone
 from unike_pl.data.cases import MMEditDataset
 from unike_pl.data.fingerprint import split_fingerprint
-from unike_pl.data.mmedit import MMEditSplit, read_mmedit
+from unike_pl.data.mmedit import MMEditSplit, read_mmedit, under_root
 from unike_pl.errors import UserError
 from unike_pl.eta import piped, progress_line
 from unike_pl.knowledge.index import IndexConfig
@@ -36,8 +37,11 @@ class MemorySource:
     """One MMEdit training split that the knowledge memory is mined from."""
 
     file: str
-    image_root: str
-    rephrase_image_root: str
+    """The split's JSON file (inside the data's root when relative)."""
+    image_root: str = "images"
+    """Folder of its `image` and `m_loc` paths (the world's and MMEdit's layout under the root)."""
+    rephrase_image_root: str = "images_rephrase"
+    """Folder of its `image_rephrase` paths."""
     task: str = "vqa"
 
 
@@ -66,6 +70,19 @@ class MemoryConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     """How editing searches the memory's keys (not part of the memory: the cache does not depend on it)."""
 
+    def under(self, root: str) -> MemoryConfig:
+        """These settings with the sources' relative paths inside the dataset folder `root`."""
+        sources = [
+            MemorySource(
+                under_root(root, source.file),
+                under_root(root, source.image_root),
+                under_root(root, source.rephrase_image_root),
+                source.task,
+            )
+            for source in self.sources
+        ]
+        return replace(self, sources=sources)
+
     def __post_init__(self) -> None:
         require_positive(
             "memory",
@@ -77,12 +94,11 @@ class MemoryConfig:
 
 
 def memory_path(backbone: BackboneConfig, config: MemoryConfig) -> Path:
-    """The cache file of this model, these sources (their files and images) and layers: a change to any
-    of them is a new file."""
+    """The cache file of this model, these sources (the contents of their files and images, wherever they
+    lie) and layers: a change to any of them is a new file."""
     digest = hashlib.sha256(backbone_fingerprint(backbone).encode())
     for source, split in zip(config.sources, source_splits(config), strict=True):
-        digest.update(json.dumps(asdict(source), sort_keys=True).encode())
-        digest.update(json.dumps(split_fingerprint(split), sort_keys=True).encode())
+        digest.update(json.dumps({"task": source.task, **split_fingerprint(split)}, sort_keys=True).encode())
     digest.update(
         f"layers={config.edited_layers};template={config.use_template};limit={config.limit};"
         f"tokens={config.max_new_tokens}".encode()
@@ -138,9 +154,11 @@ def build_memory(
     world_size: int = 1,
     device: torch.device | None = None,
     barrier: Callable[[], None] = lambda: None,
+    loaded: Backbone | None = None,
 ) -> Path:
     """Mine this process's share of the missing chunks on `device`, wait for the others (`barrier`), let
-    process 0 join them, and return the memory file (which every process then reads)."""
+    process 0 join them, and return the memory file (which every process then reads). `loaded`: the
+    backbone already loaded (and placed) by the caller, mined with instead of a second copy."""
     path = memory_path(backbone_config, config)
     if path.is_file():
         return path
@@ -148,8 +166,8 @@ def build_memory(
     chunks = memory_chunks(path, config, datasets)
     missing = [chunk for chunk in chunks[rank::world_size] if not chunk.file.is_file()]
     if missing:
-        backbone = load_backbone(backbone_config)
-        if device is not None:
+        backbone = loaded or load_backbone(backbone_config)
+        if device is not None and loaded is None:
             backbone.model.to(device)
         layers = backbone.last_layers(config.edited_layers)
         label = f"mining the knowledge memory ({len(missing)} of {len(chunks)} chunks here)"
@@ -180,3 +198,16 @@ def build_memory(
 def load_memory(backbone: BackboneConfig, config: MemoryConfig) -> KnowledgeMemory:
     """The cached memory of this backbone and config; it must have been built (by `fit`) before."""
     return KnowledgeMemory.load(memory_path(backbone, config))
+
+
+def run_memory(
+    trainer: Any, backbone_config: BackboneConfig, backbone: Backbone, config: MemoryConfig
+) -> KnowledgeMemory:
+    """The memory of a run's (loaded) backbone, built first where it is missing, each process of
+    `trainer` mining its share: a method that needs only the memory (T-Patcher) needs no `fit` first."""
+    strategy = trainer.strategy
+    rank, processes = trainer.global_rank, trainer.world_size
+    path = build_memory(
+        backbone_config, config, rank, processes, strategy.root_device, strategy.barrier, loaded=backbone
+    )
+    return KnowledgeMemory.load(path)

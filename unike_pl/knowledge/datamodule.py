@@ -83,6 +83,7 @@ class KnowledgeMemoryDataModule(L.LightningDataModule):
         self,
         backbone: BackboneConfig,
         memory: MemoryConfig,
+        root: str = ".",
         batch_size: int = 128,
         val_fraction: float = 0.1,
         seed: int = 0,
@@ -91,6 +92,8 @@ class KnowledgeMemoryDataModule(L.LightningDataModule):
         Args:
             backbone: the base model whose errors and states make the memory.
             memory: sources, layers and cache location.
+            root: the dataset's folder, which the sources' relative paths are inside (as the editing
+                run's `data.init_args.root`).
             batch_size: triplets per encoder training batch.
             val_fraction: share of records held out (all their triplets) to measure how well the spaces
                 separate and to fit the gate threshold.
@@ -99,7 +102,7 @@ class KnowledgeMemoryDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.backbone_config = backbone
-        self.memory_config = memory
+        self.memory_config = memory.under(root)
         self.memory: KnowledgeMemory | None = None
 
     def setup(self, stage: str) -> None:

@@ -8,6 +8,21 @@ from __future__ import annotations
 
 from typing import Final
 
+# The evaluation cases are named in `unike_pl.case_names` (the data builds them); re-exported here.
+from unike_pl.case_names import (
+    CASES as CASES,
+    EDIT as EDIT,
+    HARD_NEIGHBOURS as HARD_NEIGHBOURS,
+    IMAGE_REPHRASE as IMAGE_REPHRASE,
+    LOCALITY_CASES as LOCALITY_CASES,
+    MULTIMODAL_LOCALITY as MULTIMODAL_LOCALITY,
+    NEIGHBOUR_CASES as NEIGHBOUR_CASES,
+    RELATED as RELATED,
+    REPHRASE as REPHRASE,
+    TARGET_CASES as TARGET_CASES,
+    TEXT_LOCALITY as TEXT_LOCALITY,
+)
+
 # Anchor metrics (METHOD.md §1), reported ×100.
 RELIABILITY: Final = "reliability"
 T_GENERALITY: Final = "t_generality"
@@ -74,20 +89,6 @@ DISPLAY_NAMES: Final[dict[str, str]] = {
     },
 }
 
-# Evaluation cases: the five inputs built from one MMEdit record.
-EDIT: Final = "edit"
-REPHRASE: Final = "rephrase"
-IMAGE_REPHRASE: Final = "image_rephrase"
-TEXT_LOCALITY: Final = "text_locality"
-MULTIMODAL_LOCALITY: Final = "multimodal_locality"
-CASES: Final = (EDIT, REPHRASE, IMAGE_REPHRASE, TEXT_LOCALITY, MULTIMODAL_LOCALITY)
-
-# Neighbour cases: a list of inputs per record (the world's `related` and `hard_loc`; MMEdit has none),
-# each scored as the mean over its inputs.
-RELATED: Final = "related"
-HARD_NEIGHBOURS: Final = "hard_neighbours"
-NEIGHBOUR_CASES: Final = (RELATED, HARD_NEIGHBOURS)
-
 CASE_METRIC: Final[dict[str, str]] = {
     EDIT: RELIABILITY,
     REPHRASE: T_GENERALITY,
@@ -99,8 +100,6 @@ CASE_METRIC: Final[dict[str, str]] = {
 }
 LOCALITY_TOP_K: Final[dict[str, int]] = {T_LOCALITY: 1, M_LOCALITY: 10, HARD_LOCALITY: 10}
 """Ranks compared by the `sequence_topk` scorer: top-1 for text, ordered top-10 for multimodal (EasyEdit)."""
-TARGET_CASES: Final = (EDIT, REPHRASE, IMAGE_REPHRASE)
-LOCALITY_CASES: Final = (TEXT_LOCALITY, MULTIMODAL_LOCALITY)
 CASE_GENERATION_METRIC: Final[dict[str, str]] = {
     EDIT: RELIABILITY_GEN,
     REPHRASE: T_GENERALITY_GEN,

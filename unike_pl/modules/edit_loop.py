@@ -55,6 +55,7 @@ fail the run; `limit` only shortens the list of records (each record's result is
 
 KEYED_BY_CONTENT = (
     "backbone.name_or_path",
+    "root",
     "eval_file",
     "cross_task_file",
     "train_file",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -9,12 +10,13 @@ import torch
 
 from unike_pl.backbones.loader import BackboneConfig
 from unike_pl.data.fingerprint import file_digest
+from unike_pl.data.mmedit import under_root
 from unike_pl.editing.context import ContextConfig, build_knowledge
 from unike_pl.editing.editor import IntrinsicConfig, UniKEEditor
 from unike_pl.editing.latent import FixedGate, KnowledgeInjection, LatentConfig, LayerKnowledge, SemanticGate
 from unike_pl.editing.unrelated import UnrelatedInputs
 from unike_pl.errors import UserError
-from unike_pl.knowledge.cache import MemoryConfig, load_memory, memory_path
+from unike_pl.knowledge.cache import MemoryConfig, memory_path, run_memory
 from unike_pl.knowledge.datamodule import TripletExamples
 from unike_pl.knowledge.encoders import DisentangledEncoders
 from unike_pl.knowledge.memory import KnowledgeMemory
@@ -68,6 +70,7 @@ class EditingModule(EditingLoop):
         """
         super().__init__(backbone, scoring, edits_dir, seed)
         self.save_hyperparameters()
+        self.memory_setting, self.in_context_setting = memory, in_context  # as given: paths in the data root
         self.memory_config = memory
         self.intrinsic = intrinsic
         self.latent = latent
@@ -80,6 +83,15 @@ class EditingModule(EditingLoop):
         return (self.intrinsic is not None and self.intrinsic.beta > 0) or (
             self.latent is not None and self.latent.alpha is None
         )
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # The memory's sources and IKE's demonstrations are dataset files: inside the data's root.
+        root = getattr(self.trainer.datamodule, "root", ".")
+        self.memory_config = self.memory_setting.under(root)
+        given = self.in_context_setting
+        if given is not None and given.demonstrations_file is not None:
+            self.in_context = replace(given, demonstrations_file=under_root(root, given.demonstrations_file))
 
     def configure_model(self) -> None:
         super().configure_model()
@@ -118,7 +130,7 @@ class EditingModule(EditingLoop):
         layers, neuron_layers = self.edited_layers()
         if self.intrinsic is None and self.latent is None:  # in-context knowledge needs no memory
             return UniKEEditor(self.mllm, layers, None, None, None, None, in_context=in_context)
-        memory = load_memory(self.backbone_config, self.memory_config)
+        memory = run_memory(self.trainer, self.backbone_config, self.mllm, self.memory_config)
         injection = None
         if self.latent is not None:
             knowledge = {
