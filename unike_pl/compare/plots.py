@@ -108,7 +108,8 @@ def load_spaces(
     the trained encoders."""
     backbone = BackboneConfig(**model_args["backbone"])
     memory_args = dict(model_args["memory"])
-    memory_args["sources"] = [MemorySource(**source) for source in memory_args["sources"]]
+    if memory_args.get("sources") is not None:
+        memory_args["sources"] = [MemorySource(**source) for source in memory_args["sources"]]
     memory = load_memory(backbone, MemoryConfig(**memory_args).under(data_root))
     state = read_torch_file(checkpoint, "a DisentangleModule checkpoint", map_location="cpu")
     dim = state["hyper_parameters"]["encoder_dim"]

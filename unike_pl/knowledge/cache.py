@@ -31,6 +31,9 @@ from unike_pl.knowledge.memory import KnowledgeMemory
 from unike_pl.knowledge.mining import mine_memory
 from unike_pl.settings import require_positive
 
+MMEDIT_TRAINING_SPLITS = (("vqa", "vqa/vqa_train.json"), ("caption", "caption/caption_train_edit.json"))
+"""(task, file) of MMEdit's training splits, in its folder layout."""
+
 
 @dataclass
 class MemorySource:
@@ -49,8 +52,10 @@ class MemorySource:
 class MemoryConfig:
     """Where the knowledge memory comes from and where it is cached."""
 
-    sources: list[MemorySource]
-    """Training splits mined for triplets (never the eval split)."""
+    sources: list[MemorySource] | None = None
+    """Training splits mined for triplets (never the eval split); None: MMEdit's two training splits
+    inside the data's root, `vqa/vqa_train.json` and `caption/caption_train_edit.json` (the embedded
+    world has the same files)."""
     edited_layers: int = 4
     """States are kept for the last `edited_layers` decoder layers."""
     cache_dir: str = "runs/knowledge_memory"
@@ -84,6 +89,8 @@ class MemoryConfig:
         return replace(self, sources=sources)
 
     def __post_init__(self) -> None:
+        if self.sources is None:
+            self.sources = [MemorySource(file, task=task) for task, file in MMEDIT_TRAINING_SPLITS]
         require_positive(
             "memory",
             edited_layers=self.edited_layers,
