@@ -15,6 +15,7 @@ from unike_pl.backbones import (
     load_backbone,
     load_encoder,
 )
+from unike_pl.backbones.decoding import greedy_answers_one_by_one
 from unike_pl.backbones.factory import build_blip2
 from unike_pl.backbones.layouts import mllm_layout
 from unike_pl.backbones.prompts import VQA_TEMPLATE, PromptFormat, get_prompt_format, wrap_question
@@ -235,3 +236,22 @@ def test_the_fingerprint_of_a_folder_follows_its_files(tmp_path):
     assert backbone_fingerprint(other_dtype) != backbone_fingerprint(config)
     hub_ids = (BackboneConfig("org/model"), BackboneConfig("org/other"))
     assert backbone_fingerprint(hub_ids[0]) != backbone_fingerprint(hub_ids[1])
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("with_image", [True, False])
+def test_batched_greedy_answers_equal_answers_one_by_one(name, with_image, backbones):
+    backbone = backbones[name]
+    prompts = [
+        "what color is the circle?",
+        "how many?",
+        "what shape is shown in the picture here?",
+        "a photo of",
+    ]
+    images = [RED, BLUE, BLUE, RED] if with_image else [None] * 4
+    batch = backbone.encoder.encode(
+        [Example(p, "red", image) for p, image in zip(prompts, images, strict=True)]
+    )
+    answers = backbone.generate_answers(batch, 6)
+    assert answers == greedy_answers_one_by_one(backbone, batch, 6)
+    assert any(answers)  # something was generated

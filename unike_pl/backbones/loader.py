@@ -14,7 +14,8 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from transformers.activations import ACT2FN
 
 from unike_pl.backbones.assembly import assemble_if_needed
-from unike_pl.backbones.encoding import PromptEncoder, sample_inputs
+from unike_pl.backbones.decoding import greedy_answers
+from unike_pl.backbones.encoding import PromptEncoder
 from unike_pl.backbones.layouts import DecoderLayout, MLLMLayout, decoder_layout, mllm_layout
 from unike_pl.backbones.prompts import get_prompt_format
 from unike_pl.errors import UserError
@@ -175,30 +176,6 @@ class Backbone(nn.Module):
         with self.reading(batch.get("prompt_length")):
             return module(**inputs).logits
 
-    @torch.no_grad()
     def generate_answers(self, batch: Mapping[str, torch.Tensor], max_new_tokens: int = 16) -> list[str]:
-        """Greedy answers to each prompt of the batch (its targets are ignored).
-
-        A plain loop over full forwards: it runs any backbone and any editing hook the same way.
-        Decoding stops at EOS or at a token holding a newline; the text is cut at the first newline.
-        """
-        tokenizer = self.encoder.tokenizer
-        answers = []
-        for index in range(len(batch["input_ids"])):
-            inputs = sample_inputs(batch, index, self.layout, self.model.config)
-            ids = inputs["input_ids"]
-            new_tokens: list[int] = []
-            prompt_length = ids.new_tensor([ids.shape[1]])
-            for _ in range(max_new_tokens):
-                step = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
-                step["prompt_length"] = prompt_length
-                next_token = int(self.forward(step)[0, -1].argmax())
-                if next_token == tokenizer.eos_token_id:
-                    break
-                new_tokens.append(next_token)
-                if "\n" in tokenizer.decode([next_token]):
-                    break  # the answer is cut there anyway
-                ids = torch.cat([ids, ids.new_tensor([[next_token]])], dim=1)
-            text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-            answers.append(text.split("\n")[0].strip())
-        return answers
+        """Greedy answers to each prompt of the batch (its targets are ignored): `greedy_answers`."""
+        return greedy_answers(self, batch, max_new_tokens)
