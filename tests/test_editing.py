@@ -291,3 +291,25 @@ def test_semantic_relevance_is_a_clamped_cosine():
     assert alpha.shape == (5, 5) and torch.allclose(alpha.diagonal(), torch.ones(5), atol=1e-5)
     opposite = encoders.relevance(3, states, -states)
     assert torch.all((opposite >= 0) & (opposite <= 1))
+
+
+def test_the_gate_is_read_once_per_edit_through_the_fast_tail(backbones, monkeypatch):
+    """Every training step replays the same frozen prefix: the gate's reading there (a replay of the
+    edited layers without edits) is computed once, not once per step; the full path reads it every step."""
+    from unike_pl.editing import latent
+
+    backbone = backbones["blip2"]
+    layers = backbone.last_layers(2)
+    reads = []
+    original = latent.unedited_attention_inputs
+    monkeypatch.setattr(latent, "unedited_attention_inputs", lambda *a: reads.append(1) or original(*a))
+    counts = {}
+    for fast in (True, False):
+        reads.clear()
+        injection = KnowledgeInjection(backbone, random_knowledge(backbone, layers), 4, FixedGate(0.5))
+        intrinsic = IntrinsicConfig(neurons=4, max_steps=8, learning_rate=0.05, stop_early=False)
+        editor = UniKEEditor(backbone, layers, intrinsic, injection, None, None, fast_tail=fast)
+        editor.edit(edit_inputs(backbone))
+        editor.restore()
+        counts[fast] = len(reads)
+    assert counts[True] <= 2 < 8 <= counts[False]
