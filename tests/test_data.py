@@ -213,3 +213,18 @@ def test_cross_task_stream_mixes_one_in_three():
     assert len(stream) == 7 and [stream[i].record for i in range(7)] == list(range(7))
     with pytest.raises(ValueError, match="every"):
         CrossTaskDataset(vqa, captions, every=1)
+
+
+@pytest.mark.parametrize(("task", "template"), [("vqa", False), ("vqa", True), ("caption", True)])
+def test_one_case_of_a_record_is_the_case_of_the_whole_sample(mmedit_dir, task, template):
+    """Memory questions are built one case at a time (reading only that case's image): the same example
+    as the full sample's."""
+    dataset = MMEditDataset(read(mmedit_dir, task=task), use_template=template)
+    for position in range(len(dataset)):
+        whole = dataset[position].cases
+        for case in names.CASES:
+            one = dataset.case(position, case)
+            assert (one.prompt, one.target) == (whole[case].prompt, whole[case].target)
+            assert (one.image is None) == (whole[case].image is None)
+            if one.image is not None:
+                assert one.image.tobytes() == whole[case].image.tobytes()

@@ -15,6 +15,9 @@ class _DropAdvertisements(logging.Filter):
 
 
 def quiet_third_party() -> None:
-    """Drop Lightning's service tips and the deprecation notices its own code triggers in torch."""
+    """Drop Lightning's service tips, the deprecation notices its own code triggers in torch, and its
+    advice to pass a fit's callbacks to runs that only read the fit's weights."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisements())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+    # validate/test load weights with --ckpt_path from fit runs whose ModelCheckpoint they do not use.
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used")

@@ -3,6 +3,7 @@ batching."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,25 +53,31 @@ def wrapped_cases(task: str, use_template: bool) -> list[str]:
     return [*edit, names.MULTIMODAL_LOCALITY, names.RELATED, names.HARD_NEIGHBOURS]
 
 
+def build_case(
+    record: EditRecord, case: str, task: str, use_template: bool, load: Callable[[Path, str], Image.Image]
+) -> Example:
+    """One of the five examples of a record (reading only its own image), its question wrapped as
+    `wrapped_cases` says."""
+    if case == names.TEXT_LOCALITY:
+        return Example(record.loc, record.loc_ans, None)
+    wrap = case in wrapped_cases(task, use_template)
+    if case == names.MULTIMODAL_LOCALITY:
+        return Example(wrap_question(record.m_loc_q, wrap), record.m_loc_a, load(record.m_loc, "m_loc"))
+    if case not in names.TARGET_CASES:
+        raise ValueError(f"no case {case!r}; the cases are {', '.join(names.CASES)}")
+    prompt = record.rephrase if case == names.REPHRASE else record.src
+    if case == names.IMAGE_REPHRASE:
+        image = load(record.image_rephrase, "image_rephrase")
+    else:
+        image = load(record.image, "image")
+    return Example(wrap_question(prompt, wrap), record.alt, image)
+
+
 def build_cases(
     record: EditRecord, task: str, use_template: bool, load: Callable[[Path, str], Image.Image]
 ) -> dict[str, Example]:
-    """Edit, rephrase, image-rephrase, text-locality and multimodal-locality examples of a record, their
-    questions wrapped as `wrapped_cases` says."""
-    wrapped = wrapped_cases(task, use_template)
-    src = wrap_question(record.src, names.EDIT in wrapped)
-    image = load(record.image, "image")
-    return {
-        names.EDIT: Example(src, record.alt, image),
-        names.REPHRASE: Example(wrap_question(record.rephrase, names.REPHRASE in wrapped), record.alt, image),
-        names.IMAGE_REPHRASE: Example(src, record.alt, load(record.image_rephrase, "image_rephrase")),
-        names.TEXT_LOCALITY: Example(record.loc, record.loc_ans, None),
-        names.MULTIMODAL_LOCALITY: Example(
-            wrap_question(record.m_loc_q, names.MULTIMODAL_LOCALITY in wrapped),
-            record.m_loc_a,
-            load(record.m_loc, "m_loc"),
-        ),
-    }
+    """Edit, rephrase, image-rephrase, text-locality and multimodal-locality examples of a record."""
+    return {case: build_case(record, case, task, use_template, load) for case in names.CASES}
 
 
 def build_neighbours(
@@ -112,12 +119,23 @@ class MMEditDataset(Dataset):
         """The group of every served record, in order (read without loading images)."""
         return [record.group for record in self.records]
 
-    def __getitem__(self, position: int) -> EditSample:
-        record = self.records[position]
+    def _loader(self, record: EditRecord) -> Callable[[Path, str], Image.Image]:
+        """Reads the record's images, each once (the edit and its rephrase share one)."""
 
+        @functools.cache
         def load(path: Path, field: str) -> Image.Image:
             return open_image(path, self.split.file, record.index, field)
 
+        return load
+
+    def case(self, position: int, case: str) -> Example:
+        """One example of a record (only its own image read): what a memory question needs."""
+        record = self.records[position]
+        return build_case(record, case, self.split.task, self.use_template, self._loader(record))
+
+    def __getitem__(self, position: int) -> EditSample:
+        record = self.records[position]
+        load = self._loader(record)
         return EditSample(
             record.index,
             build_cases(record, self.split.task, self.use_template, load),

@@ -39,7 +39,7 @@ class TripletExamples:
                     f"memory triplet {row} comes from {triplet.file}, which is not a memory source"
                 )
             dataset, positions = self.sources[triplet.file]
-            examples.append(dataset[positions[triplet.record]].cases[triplet.case])
+            examples.append(dataset.case(positions[triplet.record], triplet.case))
         return examples
 
 
