@@ -159,13 +159,15 @@ class EditingLoop(BackboneModule):
         self.editor = self.build_editor()
         self.gate.reset()
         self.key = self.run_key()
+        self.store = None
         if self.edits_dir is not None:
             if self.trainer.is_global_zero:  # one lock per run: the processes of a run share the folder
                 self.lock = FolderLock(self.edits_dir)
                 self.lock.acquire()
-                EditResultStore(self.edits_dir, self.key)  # the key is written before any process reads it
+                self.store = EditResultStore(self.edits_dir, self.key)  # writes the key the others check
             self.trainer.strategy.barrier("edits folder claimed")
-            self.store = EditResultStore(self.edits_dir, self.key)
+            if self.store is None:
+                self.store = EditResultStore(self.edits_dir, self.key)
         if self.scoring.pre_edit_cache is not None:
             key = {
                 "model": self.key.parts["model"],
