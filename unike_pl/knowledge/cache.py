@@ -8,6 +8,7 @@ the same batches wherever they are mined, so the memory is the same on one proce
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -124,17 +125,36 @@ class Chunk:
 
 
 def source_splits(config: MemoryConfig) -> list[MMEditSplit]:
-    """Every source, read and checked."""
+    """Every source, read and checked; once per process while its file keeps its size and modification
+    time (the memory's key, its build and the editing run's memory questions all read them)."""
     return [
-        read_mmedit(
+        _read_source(
             source.file,
             source.task,
             source.image_root,
             source.rephrase_image_root,
-            allow_outside_roots=config.allow_outside_roots,
+            config.allow_outside_roots,
+            _signature(source.file),
         )
         for source in config.sources
     ]
+
+
+def _signature(file: str) -> tuple[int, int] | None:
+    path = Path(file)
+    return (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=8)
+def _read_source(
+    file: str,
+    task: str,
+    image_root: str,
+    rephrase_image_root: str,
+    allow_outside_roots: bool,
+    signature: tuple[int, int] | None,
+) -> MMEditSplit:
+    return read_mmedit(file, task, image_root, rephrase_image_root, allow_outside_roots=allow_outside_roots)
 
 
 def source_datasets(config: MemoryConfig) -> list[MMEditDataset]:
